@@ -1,0 +1,5 @@
+import sys
+
+from emodetect.cli import main
+
+sys.exit(main())

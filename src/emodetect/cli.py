@@ -1,0 +1,126 @@
+"""The `emodetect` command: thin subcommands, each one library call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from emodetect import __version__
+from emodetect.errors import EmodetectError
+
+
+def _add_data_options(p: argparse.ArgumentParser, mode_default: str | None = "gray") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--label-source", choices=("folder", "csv"), default="folder",
+                   help="folder labels (default) or the labels.csv re-labelling")  # fmt: skip
+    g.add_argument("--relfcs-max", type=float, default=None, metavar="X",
+                   help="drop low-detail images whose relFCs is above X")  # fmt: skip
+    if mode_default is not None:
+        g.add_argument("--mode", choices=("gray", "rgb"), default=mode_default, help="colour mode of the cache")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the stored train/val/test split (default 0)")
+    g.add_argument("--cache-dir", type=Path, default=None,
+                   help="where decoded images are cached (default $EMODETECT_CACHE or ~/.cache/emodetect)")  # fmt: skip
+
+
+def _data_kwargs(args, **override) -> dict:
+    kw = dict(
+        label_source=args.label_source,
+        relfcs_max=args.relfcs_max,
+        seed=args.split_seed,
+        cache_dir=args.cache_dir,
+        mode=getattr(args, "mode", "gray"),
+    )
+    kw.update(override)
+    return kw
+
+
+def cmd_ingest(args) -> int:
+    from emodetect.data import load_dataset
+    from emodetect.data.split import SPLITS
+
+    ds = load_dataset(args.data, **_data_kwargs(args))
+    info = ds.info
+    counts = {s: ds.subset(s).class_counts() for s in SPLITS}
+    print(f"{'loaded from cache' if info['from_cache'] else 'ingested'} {len(ds):,} images "
+          f"({info['mode']}, {info['size']}x{info['size']}, labels: {info['label_source']}) in {info['seconds']:.2f} s")  # fmt: skip
+    print(f"cache: {info['cache']}")
+    w = max(len(c) for c in ds.classes)
+    print(f"{'class':<{w}} " + " ".join(f"{s:>7}" for s in SPLITS) + "   total")
+    for k, c in enumerate(ds.classes):
+        row = [counts[s][k] for s in SPLITS]
+        print(f"{c:<{w}} " + " ".join(f"{v:>7,}" for v in row) + f" {sum(row):>7,}")
+    print(f"{'total':<{w}} " + " ".join(f"{counts[s].sum():>7,}" for s in SPLITS) + f" {len(ds):>7,}")
+    if info["n_dropped_no_csv_row"]:
+        print(f"dropped {info['n_dropped_no_csv_row']:,} images without a labels.csv row")
+    if info["n_dropped_relfcs"]:
+        print(f"dropped {info['n_dropped_relfcs']:,} images with relFCs > {info['relfcs_max']}")
+    if info["unreadable"]:
+        names = ", ".join(info["unreadable"][:10]) + (" ..." if len(info["unreadable"]) > 10 else "")
+        print(f"skipped {len(info['unreadable'])} unreadable images: {names}")
+    if info["n_ignored_files"]:
+        print(f"ignored {info['n_ignored_files']} non-image files or images outside class folders")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from emodetect.data import load_dataset
+    from emodetect.data.audit import write_audit
+
+    ds = load_dataset(args.data, mode="gray", seed=args.split_seed, cache_dir=args.cache_dir)
+    audit = write_audit(ds, args.out)
+    if args.json:
+        print(json.dumps(audit, indent=2))
+        return 0
+    c = audit["csv"]
+    print(f"{audit['n_images']:,} images, {audit['n_unreadable']} unreadable; folder vs CSV agreement "
+          f"{100 * (c['agreement'] or 0):.1f}%; {c['n_images_without_row']} without a CSV row")  # fmt: skip
+    for kind, d in audit["duplicates"].items():
+        print(f"{kind} duplicates: {d['n_groups']} groups, {d['n_images']} images, {d['n_groups_across_classes']} across classes")
+    if audit["formats"]["warning"]:
+        print("warning: " + audit["formats"]["warning"])
+    print(f"report: {Path(args.out) / 'audit.md'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emodetect", description="Facial emotion recognition: study, models and predictions."
+    )
+    parser.add_argument("--version", action="version", version=f"emodetect {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("ingest", help="decode a dataset into the cache and store its split")
+    p.add_argument("data", type=Path, help="Kaggle zip or a folder in the same layout")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("audit", help="write a data report (counts, label agreement, duplicates, formats)")
+    p.add_argument("data", type=Path, help="Kaggle zip or a folder in the same layout")
+    p.add_argument("--out", type=Path, required=True, help="output folder for audit.md, audit.json and plots")
+    p.add_argument("--json", action="store_true", help="print the audit numbers as JSON")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.set_defaults(func=cmd_audit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except EmodetectError as exc:
+        print(f"emodetect: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("emodetect: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

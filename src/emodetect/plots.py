@@ -1,0 +1,136 @@
+"""Drawing only: every function takes numbers (or pixels) and returns a matplotlib Figure.
+
+Uses the object-oriented API (``matplotlib.figure.Figure``), so no global backend or pyplot state is touched.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=100, layout="constrained")
+
+
+def to_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    return buf.getvalue()
+
+
+def save(fig, path) -> None:
+    fig.savefig(path, dpi=fig.dpi)
+
+
+def heatmap(
+    matrix: np.ndarray,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    fmt: str = "d",
+    cmap: str = "Blues",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    annotations: np.ndarray | None = None,
+):
+    """A labelled heatmap with every cell's value written in it (``annotations`` overrides the text)."""
+    matrix = np.asarray(matrix)
+    text = matrix if annotations is None else np.asarray(annotations)
+    fig = _figure(0.55 * len(col_labels) + 2.6, 0.45 * len(row_labels) + 1.6)
+    ax = fig.add_subplot()
+    im = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(col_labels)), col_labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(row_labels)), row_labels)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    lo, hi = im.get_clim()
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            v = matrix[i, j]
+            if np.isnan(v):
+                continue
+            dark = (v - lo) / (hi - lo + 1e-12) > 0.55
+            ax.text(j, i, format(text[i, j], fmt), ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")  # fmt: skip
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def confusion_matrix(cm: np.ndarray, classes: Sequence[str], *, title: str = "", normalize: bool = True):
+    """Rows = true class, columns = predicted; colour by row-normalised rate, text shows the rate (or counts)."""
+    cm = np.asarray(cm, float)
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    if normalize:
+        return heatmap(rates, classes, classes, title=title, xlabel="predicted", ylabel="true", fmt=".2f",
+                       vmin=0, vmax=1)  # fmt: skip
+    return heatmap(rates, classes, classes, title=title, xlabel="predicted", ylabel="true", fmt=".0f",
+                   vmin=0, vmax=1, annotations=cm)  # fmt: skip
+
+
+def grid(images: np.ndarray, row_titles: Sequence[str], *, n_cols: int, title: str = "", col_titles=None):
+    """A grid of images, ``len(row_titles)`` rows by ``n_cols`` columns; images: (rows * n_cols, H, W[, 3])."""
+    n_rows = len(row_titles)
+    fig = _figure(1.0 * n_cols + 1.0, 1.05 * n_rows + (0.4 if title else 0))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            k = r * n_cols + c
+            if k < len(images) and images[k] is not None:
+                ax.imshow(images[k], cmap="gray" if images[k].ndim == 2 else None, vmin=0, vmax=255)
+            if c == 0:
+                ax.set_ylabel(row_titles[r], rotation=0, ha="right", va="center")
+            if col_titles is not None and k < len(col_titles):
+                ax.set_title(col_titles[k], fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def bars(values: dict[str, float] | np.ndarray, labels: Sequence[str] | None = None, *, title: str = "",
+         ylabel: str = "", ylim=(0, 1), series: dict[str, np.ndarray] | None = None):  # fmt: skip
+    """Bar chart of one series (``values``) or grouped bars of several (``series``: name -> values per label)."""
+    if series is None:
+        series = {"": np.asarray(values if labels is not None else list(values.values()))}
+        labels = labels if labels is not None else list(values.keys())
+    n = len(series)
+    fig = _figure(max(5.0, 0.5 * len(labels) * max(1, n / 2) + 2), 3.4)
+    ax = fig.add_subplot()
+    width = 0.8 / n
+    x = np.arange(len(labels))
+    for k, (name, vals) in enumerate(series.items()):
+        ax.bar(x + (k - (n - 1) / 2) * width, vals, width, label=name or None)
+    ax.set_xticks(x, labels, rotation=30, ha="right")
+    ax.set(title=title, ylabel=ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    if n > 1:
+        ax.legend(fontsize=7, ncols=min(n, 4))
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def histograms(groups: dict[str, np.ndarray], *, bins: int = 40, title: str = "", xlabel: str = ""):
+    """Overlaid step histograms, one per group (e.g. relFCs per class)."""
+    fig = _figure(6.5, 3.6)
+    ax = fig.add_subplot()
+    finite = [v[np.isfinite(v)] for v in groups.values() if np.isfinite(v).any()]
+    edges = np.histogram_bin_edges(np.concatenate(finite), bins=bins) if finite else bins
+    for name, v in groups.items():
+        v = v[np.isfinite(v)]
+        if len(v):
+            ax.hist(v, bins=edges, histtype="step", label=f"{name} (n={len(v)})", linewidth=1.3)
+    ax.set(title=title, xlabel=xlabel, ylabel="images")
+    ax.legend(fontsize=7, ncols=2)
+    return fig
