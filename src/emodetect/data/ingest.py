@@ -144,6 +144,8 @@ def load_dataset(
     keep = np.ones(len(split), bool)
     if label_source == "csv":
         has_csv = manifest["csv_label"] != ""
+        if not has_csv.any():
+            raise EmodetectError(f"label source 'csv' needs a labels.csv with rows for the images in {data}")
         n_no_csv = int((~has_csv).sum())
         keep &= has_csv
     else:
@@ -180,6 +182,8 @@ def load_dataset(
         "from_cache": not built,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    if not keep.any():
+        raise EmodetectError(f"no images left after the filters (relFCs <= {relfcs_max}, labels: {label_source})")
     dataset = Dataset(images=images, labels=labels, split=split, manifest=manifest, info=info)
     return dataset if keep.all() else dataset.subset(keep)  # no 200 MB copy when nothing is filtered
 
