@@ -136,3 +136,13 @@ def real_gray(real_zip, real_cache):
     from emodetect.data import load_dataset
 
     return load_dataset(real_zip, cache_dir=real_cache, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A learnable synthetic dataset (40 images per class), ingested: Dataset with a stored split."""
+    from emodetect.data import load_dataset
+
+    root = tmp_path_factory.mktemp("learnable")
+    make_dataset(root / "data", n_per_class=40, seed=3)
+    return load_dataset(root / "data", cache_dir=root / "cache", progress=False)

@@ -84,6 +84,57 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def _data_config(args):
+    from emodetect.config import DataConfig
+
+    return DataConfig(label_source=args.label_source, relfcs_max=args.relfcs_max, split_seed=args.split_seed,
+                      limit_per_class=getattr(args, "limit_per_class", None))  # fmt: skip
+
+
+def cmd_train(args) -> int:
+    from emodetect.config import load_json, parse_overrides
+    from emodetect.runs import train
+
+    params = load_json(args.config) if args.config else {}
+    params.update(parse_overrides(args.set))
+    result = train(args.model, args.data, args.out, params=params, data_cfg=_data_config(args), resume=args.resume,
+                   cache_dir=args.cache_dir)  # fmt: skip
+    for split in ("val", "test"):
+        m = result[split]
+        print(f"{split:>4}: accuracy {m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  "
+              f"macro-F1 {m['macro_f1']:.4f}  ({m['n_images']:,} images)")  # fmt: skip
+    print(f"model and report: {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from emodetect.evaluation.evaluate import evaluate_model
+
+    result = evaluate_model(args.model, args.data, split=args.split, label_source=args.label_source,
+                            relfcs_max=args.relfcs_max, split_seed=args.split_seed, cache_dir=args.cache_dir,
+                            log=lambda msg: print(msg, file=sys.stderr))  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['model']} on {result['n_images']:,} images ({result['split']}, {result['label_source']} labels): "
+              f"accuracy {result['accuracy']:.4f}, balanced accuracy {result['balanced_accuracy']:.4f}, "
+              f"macro-F1 {result['macro_f1']:.4f}")  # fmt: skip
+        for c, v in result["per_class"].items():
+            print(f"  {c:<9} precision {v['precision']:.3f}  recall {v['recall']:.3f}  f1 {v['f1']:.3f}  n={v['support']}")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from emodetect.analysis.report import embed_run
+
+    result = embed_run(args.run_dir, data=args.data, split=args.split, cache_dir=args.cache_dir)
+    print(f"{result['model']} {result['split']} embeddings ({result['n_images']:,} images, {result['dims']} dims): "
+          f"K-Means k={result['k']}  ARI {result['ari']:.3f}  NMI {result['nmi']:.3f}  "
+          f"silhouette {result['silhouette_clusters']:.3f} (clusters) / {result['silhouette_true_labels']:.3f} (true labels)")  # fmt: skip
+    print(f"plots and numbers: {args.run_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emodetect", description="Facial emotion recognition: study, models and predictions."
@@ -103,6 +154,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("train", help="train a model by name; writes the model, metrics and plots to --out")
+    p.add_argument("model", help="model name, e.g. logreg, random_forest, mlp, hog_lbp_svm, cnn_seed")
+    p.add_argument("--data", type=Path, required=True, help="Kaggle zip or a folder in the same layout")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--config", type=Path, help="JSON file of hyperparameters")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one hyperparameter (repeatable), e.g. --set clf__C=0.5 or --set epochs=10")  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue an interrupted network training from its checkpoint")
+    p.add_argument("--limit-per-class", type=int, default=None, help="train on at most N images per class (quick runs)")
+    _add_data_options(p, mode_default=None)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a model on a dataset (default: the shipped model)")
+    p.add_argument("--model", type=Path, default=None, help="model file (.safetensors or .skops) or run directory")
+    p.add_argument("--data", type=Path, required=True, help="Kaggle zip or a folder in the same layout")
+    p.add_argument("--split", choices=("auto", "all", "train", "val", "test"), default="auto",
+                   help="images to score; auto: the test split for the model's own training data, else all")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    _add_data_options(p, mode_default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("embed", help="K-Means, t-SNE and UMAP of a trained model's test-split embeddings")
+    p.add_argument("run_dir", type=Path, help="a run directory written by `emodetect train`")
+    p.add_argument("--data", type=Path, default=None, help="dataset (default: the one the run was trained on)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.set_defaults(func=cmd_embed)
     return parser
 
 

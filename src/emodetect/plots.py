@@ -134,3 +134,61 @@ def histograms(groups: dict[str, np.ndarray], *, bins: int = 40, title: str = ""
     ax.set(title=title, xlabel=xlabel, ylabel="images")
     ax.legend(fontsize=7, ncols=2)
     return fig
+
+
+def curves(history: list[dict], *, title: str = ""):
+    """Training curves: loss and accuracy per epoch, train and validation."""
+    fig = _figure(9, 3.4)
+    ax1, ax2 = fig.subplots(1, 2)
+    ep = [h["epoch"] for h in history]
+    for ax, key in ((ax1, "loss"), (ax2, "accuracy")):
+        ax.plot(ep, [h[f"train_{key}"] for h in history], label="train", marker=".")
+        ax.plot(ep, [h[f"val_{key}"] for h in history], label="val", marker=".")
+        ax.set(xlabel="epoch", ylabel=key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    best = max(history, key=lambda h: h["val_accuracy"])
+    ax2.axvline(best["epoch"], color="gray", linestyle=":", linewidth=1)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def reliability_diagram(curves: dict[str, dict], *, title: str = "Reliability"):
+    """Accuracy against confidence per bin for each named calibration (e.g. before/after temperature)."""
+    fig = _figure(4.6, 4.2)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect")
+    for name, r in curves.items():
+        conf = np.array(r["confidence"], float)
+        acc = np.array(r["accuracy"], float)
+        ok = np.isfinite(conf)
+        ax.plot(conf[ok], acc[ok], marker="o", label=f"{name} (ECE {r['ece']:.3f})")
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def scatter(points: dict[str, np.ndarray], colors: dict[str, np.ndarray], names: Sequence[str], *, title: str = ""):
+    """One panel per (projection, colouring): 2-D points coloured by integer labels named by `names`."""
+    import matplotlib
+
+    keys = [(p, c) for p in points for c in colors]
+    n_cols = len(colors)
+    n_rows = len(points)
+    fig = _figure(4.2 * n_cols + 1.4, 3.8 * n_rows)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    cmap = matplotlib.colormaps["tab10"]
+    for k, (p, c) in enumerate(keys):
+        ax = axes[k // n_cols, k % n_cols]
+        xy, lab = points[p], colors[c]
+        for v in np.unique(lab):
+            m = lab == v
+            label = names[v] if c == "true label" else f"cluster {v}"
+            ax.scatter(xy[m, 0], xy[m, 1], s=3, color=cmap(int(v) % 10), label=label, alpha=0.7)
+        ax.set(title=f"{p} - {c}", xticks=[], yticks=[])
+        ax.legend(fontsize=6, markerscale=3, ncols=2, loc="best")
+    if title:
+        fig.suptitle(title)
+    return fig

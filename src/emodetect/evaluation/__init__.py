@@ -1,0 +1,1 @@
+"""Evaluation: metrics (numbers only), calibration, and the files a run writes."""

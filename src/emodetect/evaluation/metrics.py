@@ -1,0 +1,46 @@
+"""Classification metrics: numbers only, the same for every model in the project."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn import metrics as skm
+
+from emodetect.labels import CLASSES
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str] = CLASSES) -> dict:
+    """Accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1/support and confusion matrices.
+
+    Classes absent from y_true are left out of the per-class table and of the macro averages (a dataset
+    without contempt is scored on its own classes); the confusion matrix covers every class that occurs
+    in y_true or y_pred. Rows are true classes, columns predicted.
+    """
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    present = np.unique(y_true)
+    shown = np.union1d(present, np.unique(y_pred))
+    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=present, zero_division=0)
+    cm = skm.confusion_matrix(y_true, y_pred, labels=shown)
+    return {
+        "n_images": int(len(y_true)),
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(np.mean(r)) if len(r) else 0.0,
+        "macro_f1": float(np.mean(f)) if len(f) else 0.0,
+        "per_class": {
+            classes[c]: {"precision": float(pi), "recall": float(ri), "f1": float(fi), "support": int(si)}
+            for c, pi, ri, fi, si in zip(present, p, r, f, s)
+        },
+        "classes": [classes[c] for c in shown],
+        "confusion_matrix": cm.tolist(),
+        "confusion_matrix_normalized": (cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)).round(4).tolist(),
+    }
+
+
+def most_confused_pairs(cm: np.ndarray, classes: Sequence[str], k: int = 3) -> list[tuple[str, str, int]]:
+    """The k largest off-diagonal cells: (true class, predicted class, count)."""
+    cm = np.asarray(cm).copy()
+    np.fill_diagonal(cm, 0)
+    flat = np.argsort(cm, axis=None)[::-1][:k]
+    return [(classes[i], classes[j], int(cm[i, j])) for i, j in zip(*np.unravel_index(flat, cm.shape)) if cm[i, j]]

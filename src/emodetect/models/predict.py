@@ -1,0 +1,102 @@
+"""Batched network inference on uint8 images through the model's eval preprocessing."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from emodetect.data.transforms import Preprocess, to_model_input, to_uint8_tensor
+
+
+def _autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def predict_logits(model, images: np.ndarray | torch.Tensor, pre: Preprocess, *, batch_size: int = 256,
+                   tta_flip: bool = False, bf16: bool = False, features: bool = False) -> np.ndarray:  # fmt: skip
+    """Logits (N, K) for uint8 images (numpy (N,H,W[,3]) or tensor (N,C,H,W)); `features` returns embeddings.
+
+    tta_flip averages the outputs of each image and its horizontal mirror.
+    """
+    was_training = model.training
+    model.eval()
+    x_all = to_uint8_tensor(images) if isinstance(images, np.ndarray) else images
+    out = []
+    fn = (model.embed if hasattr(model, "embed") else model.forward_features) if features else model
+    try:
+        for start in range(0, len(x_all), batch_size):
+            x = to_model_input(x_all[start : start + batch_size], pre).contiguous(memory_format=torch.channels_last)
+            with _autocast(bf16):
+                y = fn(x).float()
+                if tta_flip:
+                    y = (y + fn(torch.flip(x, dims=[3])).float()) / 2
+            out.append(y)
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Predictor:
+    """Uniform prediction for any artifact (network or scikit-learn pipeline) on uint8 face images.
+
+    Images go through the artifact's own preprocessing (size, colour mode, normalisation), so data of
+    another size or colour mode is converted, never misread. Outputs always have one column per class in
+    `CLASSES` order, whatever classes the model saw in training.
+    """
+
+    def __init__(self, artifact, *, batch_size: int = 256, tta_flip: bool | None = None):
+        self.artifact = artifact
+        self.pre = artifact.preprocess
+        self.batch_size = batch_size
+        self.tta_flip = artifact.meta.get("tta_flip", False) if tta_flip is None else tta_flip
+        if artifact.kind == "torch":  # NHWC runs convolutions (depthwise above all) much faster on CPU
+            artifact.model.to(memory_format=torch.channels_last)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.artifact.classes
+
+    def _pixels(self, images: np.ndarray) -> np.ndarray:
+        x = to_model_input(images, self.pre)
+        return x.reshape(len(x), -1).numpy()
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """(N, K) scores before the softmax (log-probabilities for pipelines that give probabilities)."""
+        if self.artifact.kind == "torch":
+            return predict_logits(self.artifact.model, images, self.pre, batch_size=self.batch_size,
+                                  tta_flip=self.tta_flip)  # fmt: skip
+        pipe = self.artifact.model
+        out = np.full((len(images), len(self.classes)), -1e9, np.float32)
+        for start in range(0, len(images), 2048):
+            x = self._pixels(images[start : start + 2048])
+            if hasattr(pipe, "predict_proba"):
+                s = np.log(np.clip(pipe.predict_proba(x), 1e-12, 1))
+            else:
+                s = pipe.decision_function(x)
+            out[start : start + len(x), pipe.classes_] = s
+        return out
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        return softmax(self.logits(images), self.artifact.temperature)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self.logits(images).argmax(axis=1)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """The model's representation: a network's penultimate features, or a pipeline's classifier input."""
+        if self.artifact.kind == "torch":
+            return predict_logits(self.artifact.model, images, self.pre, batch_size=self.batch_size, features=True)
+        from emodetect.models.classical import pipeline_embeddings
+
+        return np.concatenate([pipeline_embeddings(self.artifact.model, self._pixels(images[s : s + 2048]))
+                               for s in range(0, len(images), 2048)])  # fmt: skip
