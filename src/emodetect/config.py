@@ -40,7 +40,7 @@ class TrainConfig:
     patience: int = 8  # early stopping: epochs without improvement of `monitor`
     monitor: str = "val_accuracy"
     seed: int = 0
-    bf16: bool = True  # bfloat16 autocast on CPU (checked against fp32 in bench/)
+    bf16: bool = False  # bfloat16 autocast: fast only on CPUs with native bf16 (AVX512-BF16, AMX); see bench/
     channels_last: bool = True
     tta_flip: bool = True  # average the logits of the image and its mirror at evaluation
 

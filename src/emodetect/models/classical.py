@@ -119,9 +119,10 @@ def random_forest(num_classes=8, pretrained=False, random_state=0, **params):
 @register_model("mlp", kind="sklearn", preprocess=PIXELS,
                 description="StandardScaler -> PCA(1000) -> MLP(512-256-128) with early stopping",
                 defaults={"pca__n_components": 1000, "clf__hidden_layer_sizes": (512, 256, 128), "clf__alpha": 1e-2,
-                          "clf__learning_rate_init": 1e-3, "clf__max_iter": 200, "random_state": 0})  # fmt: skip
+                          "clf__learning_rate_init": 1e-3, "clf__max_iter": 200, "clf__n_iter_no_change": 10,
+                          "random_state": 0})  # fmt: skip
 def mlp(num_classes=8, pretrained=False, random_state=0, **params):
-    clf = MLPClassifier(early_stopping=True, validation_fraction=0.1, n_iter_no_change=10, random_state=random_state)
+    clf = MLPClassifier(early_stopping=True, validation_fraction=0.1, random_state=random_state)
     pipe = Pipeline([("scale", StandardScaler()), ("pca", _pca(1000, random_state)), ("clf", clf)])
     params["clf__hidden_layer_sizes"] = tuple(params.get("clf__hidden_layer_sizes", (512, 256, 128)))
     return pipe.set_params(**params)

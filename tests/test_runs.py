@@ -1,0 +1,67 @@
+"""`emodetect train`, `evaluate` and `embed` end to end on the tiny synthetic dataset."""
+
+import json
+
+import pytest
+
+from emodetect.cli import main
+from emodetect.errors import EmodetectError
+from emodetect.runs import train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_dataset):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    data = tiny_dataset.info["source"]
+    cache = tiny_dataset.info["cache"].rsplit("/", 1)[0]
+    result = train("tiny", data, out, params={"epochs": 3, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0},
+                   cache_dir=cache, progress=False, log=lambda m: None)  # fmt: skip
+    return out, data, cache, result
+
+
+def test_train_writes_model_metrics_and_plots(tiny_run):
+    out, _, _, result = tiny_run
+    for name in ("model.safetensors", "metrics.json", "predictions.csv", "confusion_val.png", "confusion_test.png",
+                 "per_class_f1.png", "curves.png", "reliability.png", "checkpoint.pt"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["model"] == "tiny" and m["label_source"] == "folder" and len(m["history"]) == 3
+    assert m["calibration"]["temperature"] > 0 and 0 <= m["calibration"]["after"]["ece"] <= 1
+    for split in ("val", "test"):
+        assert set(m[split]) >= {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix"}
+
+
+def test_evaluate_json_has_the_documented_keys(tiny_run, capsys):
+    out, data, cache, result = tiny_run
+    assert main(["evaluate", "--model", str(out / "model.safetensors"), "--data", data, "--json",
+                 "--cache-dir", cache]) == 0  # fmt: skip
+    m = json.loads(capsys.readouterr().out)
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "classes",
+                "n_images", "label_source"):  # fmt: skip
+        assert key in m
+    assert m["split"] == "test" and m["accuracy"] == pytest.approx(result["test"]["accuracy"])
+    assert set(next(iter(m["per_class"].values()))) == {"precision", "recall", "f1", "support"}
+
+
+def test_embed_writes_numbers_and_plots(tiny_run, capsys):
+    out, data, cache, _ = tiny_run
+    assert main(["embed", str(out), "--cache-dir", cache]) == 0
+    e = json.loads((out / "embeddings.json").read_text())
+    assert {"ari", "nmi", "silhouette_clusters", "k"} <= set(e) and (out / "embeddings.png").exists()
+
+
+def test_classical_run_and_unknown_names(tiny_dataset, tmp_path):
+    data = tiny_dataset.info["source"]
+    cache = tiny_dataset.info["cache"].rsplit("/", 1)[0]
+    r = train("logreg", data, tmp_path / "lr", params={"pca__n_components": 10}, cache_dir=cache, progress=False,
+              log=lambda m: None)  # fmt: skip
+    assert (tmp_path / "lr" / "model.skops").exists() and r["test"]["accuracy"] > 0.5
+    with pytest.raises(EmodetectError, match="takes no option"):
+        train("logreg", data, tmp_path / "x", params={"bogus": 1}, cache_dir=cache, progress=False)
+    with pytest.raises(EmodetectError, match="unknown model 'nope'.*available"):
+        train("nope", data, tmp_path / "y", cache_dir=cache, progress=False)
+
+
+def test_missing_model_file_is_a_clear_cli_error(tmp_path, tiny_dataset, capsys):
+    rc = main(["evaluate", "--model", str(tmp_path / "missing.safetensors"), "--data", tiny_dataset.info["source"]])
+    assert rc == 2 and "model file not found" in capsys.readouterr().err
