@@ -135,6 +135,18 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from emodetect.config import load_json
+    from emodetect.study import run_study
+
+    config = load_json(args.config) if args.config else None
+    result = run_study(args.data, args.out, preset=args.preset, config=config, cache_dir=args.cache_dir)
+    print(f"{'model':<20} {'accuracy':>9} {'macro-F1':>9}   (test split)")
+    for name, m in sorted(result["models"].items(), key=lambda kv: -kv[1]["val"]["accuracy"]):
+        print(f"{name:<20} {m['test']['accuracy']:>9.4f} {m['test']['macro_f1']:>9.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emodetect", description="Facial emotion recognition: study, models and predictions."
@@ -182,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "val", "test"), default="test")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("study", help="run the whole comparison (data, classical, networks, ensembles, embeddings) "
+                                     "and write report.md, report.html and metrics.json")  # fmt: skip
+    p.add_argument("--data", type=Path, required=True, help="Kaggle zip or a folder in the same layout")
+    p.add_argument("--out", type=Path, required=True, help="study folder (re-running continues where it stopped)")
+    p.add_argument("--preset", choices=("quick", "full"), default="full",
+                   help="full: the real study; quick: the same code paths on 150 images per class (minutes)")  # fmt: skip
+    p.add_argument("--config", type=Path, help="JSON file on top of the preset: data, models, ensembles, embeddings")
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.set_defaults(func=cmd_study)
     return parser
 
 

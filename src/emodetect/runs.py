@@ -10,10 +10,12 @@ import csv
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
 from emodetect.config import DataConfig, TrainConfig, merge
 from emodetect.data import Dataset, load_dataset
@@ -57,22 +59,32 @@ def load_splits(data, data_cfg: DataConfig, mode: str, cache_dir=None, progress:
     return ds, train, val, test
 
 
+def resolve_config(model: str, params: dict | None = None):
+    """The full configuration of `model` with `params` applied: a TrainConfig for networks, a dict of
+    pipeline parameters for scikit-learn models. Unknown models and options are errors, raised at once."""
+    spec = get_spec(model)
+    params = dict(params or {})
+    if spec.kind == "torch":
+        return merge(TrainConfig(model=model), params)
+    unknown = set(params) - set(spec.defaults)
+    if unknown:
+        raise EmodetectError(f"model {model!r} takes no option(s) {sorted(unknown)}; it takes {sorted(spec.defaults)}")
+    return {**spec.defaults, **params}
+
+
+def config_dict(cfg) -> dict:
+    """A config as plain JSON types (as it is written to metrics.json), for comparisons."""
+    return json.loads(json.dumps(cfg if isinstance(cfg, dict) else asdict(cfg)))
+
+
 def train(model: str, data, out_dir, *, params: dict | None = None, data_cfg: DataConfig = DataConfig(),
           resume: bool = False, cache_dir=None, progress: bool = True, log=print) -> dict:  # fmt: skip
     """Fit `model` on the stored train split of `data`, evaluate on val and test, write everything to out_dir."""
     spec = get_spec(model)
     out = Path(out_dir)
+    cfg = resolve_config(model, params)
     out.mkdir(parents=True, exist_ok=True)
-    params = dict(params or {})
-    if spec.kind == "torch":
-        cfg = merge(TrainConfig(model=model), params)
-        mode = spec.preprocess.mode
-    else:
-        unknown = set(params) - set(spec.defaults)
-        if unknown:
-            raise EmodetectError(f"model {model!r} takes no option(s) {sorted(unknown)}; it takes {sorted(spec.defaults)}")
-        cfg = {**spec.defaults, **params}
-        mode = spec.preprocess.mode
+    mode = spec.preprocess.mode
     ds, tr, va, te = load_splits(data, data_cfg, mode, cache_dir, progress)
     log(f"{model}: train {len(tr):,}, val {len(va):,}, test {len(te):,} images ({ds.info['label_source']} labels)")
     meta = {"label_source": ds.info["label_source"], "dataset_id": ds.info["dataset_id"], "source": str(data),
@@ -96,7 +108,12 @@ def train(model: str, data, out_dir, *, params: dict | None = None, data_cfg: Da
 
         pipe = create_model(model, **cfg)
         x = to_model_input(tr.images, spec.preprocess).reshape(len(tr), -1).numpy()
-        pipe.fit(x, tr.labels)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            pipe.fit(x, tr.labels)
+        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            log(f"{model}: the solver stopped at its iteration limit before converging (ConvergenceWarning)")
+            extra["converged"] = False
         meta.update(config=cfg)
         path = save_pipeline(out / "model.skops", pipe, model, spec.preprocess, meta)
     train_seconds = time.perf_counter() - t0
@@ -112,7 +129,7 @@ def train(model: str, data, out_dir, *, params: dict | None = None, data_cfg: Da
     result.update(
         model=model, kind=spec.kind, description=spec.description, label_source=ds.info["label_source"], source=str(data),
         dataset_id=ds.info["dataset_id"], n_train=len(tr), train_seconds=train_seconds,
-        model_bytes=os.path.getsize(path), config=json.loads(json.dumps(cfg if isinstance(cfg, dict) else asdict(cfg))),
+        model_bytes=os.path.getsize(path), config=config_dict(cfg), data=asdict(data_cfg), fingerprint=ds.info["fingerprint"],
         **extra,
     )  # fmt: skip
     write_run(out, result, artifact, {"val": va, "test": te})
@@ -140,7 +157,9 @@ def evaluate_splits(artifact: Artifact, splits: dict[str, Dataset], speed_images
         proba = predictor.predict_proba(ds.images)
         preds[name] = proba
         result[name] = classification_metrics(ds.labels, proba.argmax(1))
-    sample = next(iter(splits.values())).images[:speed_images]
+    images = next(iter(splits.values())).images
+    sample = np.resize(images, (speed_images, *images.shape[1:]))  # repeats small splits to a fixed count
+    predictor.predict(sample[:64])  # warm-up: first calls allocate and pick kernels
     t0 = time.perf_counter()
     predictor.predict(sample)
     result["inference_images_per_second"] = len(sample) / (time.perf_counter() - t0)

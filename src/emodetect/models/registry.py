@@ -27,15 +27,17 @@ class ModelSpec:
     description: str = ""
     pretrained: str | None = None  # where pretrained weights come from, if any
     defaults: dict = field(default_factory=dict)  # hyperparameters the builder takes, with their defaults
+    channels_last: bool = True  # NHWC is much faster on CPU; off where torch's CPU kernels misbehave with it
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, *, kind: str = "torch", preprocess: Preprocess = Preprocess(), description: str = "",
-                   pretrained: str | None = None, defaults: dict | None = None):  # fmt: skip
+                   pretrained: str | None = None, defaults: dict | None = None, channels_last: bool = True):  # fmt: skip
     def wrap(builder):
-        _REGISTRY[name] = ModelSpec(name, kind, builder, preprocess, description, pretrained, dict(defaults or {}))
+        _REGISTRY[name] = ModelSpec(name, kind, builder, preprocess, description, pretrained, dict(defaults or {}),
+                                    channels_last)  # fmt: skip
         return builder
 
     return wrap

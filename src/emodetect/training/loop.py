@@ -64,7 +64,7 @@ def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, sched
         idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
         x = augment_batch(x_u8[idx], pre, aug, generator)
         target = y[idx]
-        if cfg.channels_last:
+        if use_channels_last(cfg):
             x = x.contiguous(memory_format=torch.channels_last)
         lam, perm = 1.0, None
         if cfg.mixup > 0:
@@ -183,7 +183,7 @@ def fit(cfg: TrainConfig, train: Dataset, val: Dataset, out_dir: str | Path | No
     pre = resolve_preprocess(cfg)
     aug = cfg.augmentation()
     model = create_model(cfg.model, num_classes=len(CLASSES), **cfg.model_kwargs)
-    if cfg.channels_last:
+    if use_channels_last(cfg):
         model = model.to(memory_format=torch.channels_last)
     x_train, y_train = to_uint8_tensor(train.images), torch.from_numpy(train.labels)
     x_val, y_val = to_uint8_tensor(val.images), torch.from_numpy(val.labels)
@@ -248,6 +248,20 @@ def fit(cfg: TrainConfig, train: Dataset, val: Dataset, out_dir: str | Path | No
             "epochs_run": len(history), "stopped_early": stale >= cfg.patience,
             "train_seconds": sum(h["seconds"] for h in history), "preprocess": pre.to_dict()}  # fmt: skip
     return model, history, info
+
+
+def use_channels_last(cfg: TrainConfig) -> bool:
+    """channels_last for training unless the model opts out: mini-Xception's backward pass corrupts memory
+    in torch 2.13's CPU kernels in NHWC (double free / segfault in its first Xception module)."""
+    return cfg.channels_last and get_spec(cfg.model).channels_last
+
+
+def checkpoint_config(path) -> dict | None:
+    """The config a checkpoint was written with (None if it cannot be read), to decide whether to resume."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)["config"]
+    except Exception:  # a truncated or foreign file: not resumable
+        return None
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, generator, history, epoch, best, cfg) -> None:
