@@ -147,6 +147,13 @@ def cmd_study(args) -> int:
     return 0
 
 
+def cmd_ship(args) -> int:
+    from emodetect.ship import WEIGHTS_DIR, ship
+
+    ship(args.run_dir, args.dest or WEIGHTS_DIR, data=args.data, cache_dir=args.cache_dir, command=args.command_note or "")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emodetect", description="Facial emotion recognition: study, models and predictions."
@@ -204,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="JSON file on top of the preset: data, models, ensembles, embeddings")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("ship", help="make a finished network run the package's default model (float16 + model card)")
+    p.add_argument("run_dir", type=Path, help="a run directory written by `emodetect train`")
+    p.add_argument("--dest", type=Path, default=None, help="weights folder (default: the installed package's)")
+    p.add_argument("--data", type=Path, default=None, help="dataset (default: the one the run was trained on)")
+    p.add_argument("--command-note", default=None, metavar="TEXT", help="the training command, quoted in the model card")
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.set_defaults(func=cmd_ship)
     return parser
 
 

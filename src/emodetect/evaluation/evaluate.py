@@ -16,7 +16,7 @@ def resolve_model(model: str | Path | None) -> Artifact:
     if model is None:
         from emodetect import load_model
 
-        return load_model()
+        return load_model().artifact
     path = Path(model)
     if path.is_dir():
         from emodetect.runs import model_path

@@ -1,0 +1,52 @@
+"""The shipped default model: `emodetect ship` on a tiny run, and the real shipped file on real test images."""
+
+import json
+
+import numpy as np
+import pytest
+
+import emodetect
+from emodetect.cli import main
+from emodetect.models.predict import Predictor
+from emodetect.ship import ship
+
+
+def test_ship_writes_a_float16_model_and_a_card(tmp_path, tiny_dataset):
+    from emodetect.runs import train
+
+    data = tiny_dataset.info["source"]
+    cache = tiny_dataset.info["cache"].rsplit("/", 1)[0]
+    run = tmp_path / "run"
+    train("tiny", data, run, params={"epochs": 2, "batch_size": 16, "warmup_epochs": 0}, cache_dir=cache,
+          progress=False, log=lambda m: None)  # fmt: skip
+    card = ship(run, tmp_path / "weights", cache_dir=cache, command="emodetect train tiny ...", log=lambda m: None)
+    shipped = emodetect.load_model(tmp_path / "weights" / "default.safetensors")
+    assert isinstance(shipped, Predictor) and shipped.artifact.meta["dtype"] == "float16"
+    assert card["fp16_agreement_with_fp32"] > 0.95
+    text = (tmp_path / "weights" / "MODEL_CARD.md").read_text()
+    for part in ("## Test-split metrics", "| class | precision", "File-format shortcut", "## Licences",
+                 "emodetect train tiny ..."):  # fmt: skip
+        assert part in text
+
+
+@pytest.mark.real_data
+def test_shipped_model_classifies_real_test_images(real_zip, real_cache):
+    """A few hundred stored-test-split faces read from ../shared at test time (never committed)."""
+    from emodetect.data import load_dataset
+
+    model = emodetect.load_model()  # committed in the package: never skipped
+    ds = load_dataset(real_zip, mode=model.artifact.preprocess.mode, cache_dir=real_cache, progress=False).subset("test")
+    pick = np.random.default_rng(0).choice(len(ds), 300, replace=False)
+    proba = model.predict_proba(ds.images[pick])
+    assert proba.shape == (300, 8) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    accuracy = (proba.argmax(1) == ds.labels[pick]).mean()
+    assert accuracy > 0.5  # chance is 1/8 and the majority class 17%; the model card reports the full split
+    gray = ds.images[pick[:8]].mean(axis=-1).astype(np.uint8) if ds.images.ndim == 4 else ds.images[pick[:8]]
+    assert model.predict(gray).shape == (8,)  # other colour modes go through the model's own preprocessing
+
+
+@pytest.mark.real_data
+def test_evaluate_uses_the_shipped_model_by_default(real_zip, real_cache, capsys):
+    assert main(["evaluate", "--data", str(real_zip), "--json", "--cache-dir", str(real_cache)]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["split"] == "test" and m["n_images"] == 2184 and m["model"] == emodetect.load_model().artifact.name
