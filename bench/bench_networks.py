@@ -20,10 +20,10 @@ from emodetect.config import TrainConfig
 from emodetect.data.transforms import augment_batch
 from emodetect.models import create_model
 from emodetect.models.predict import predict_logits
-from emodetect.training.loop import _loss, resolve_preprocess
+from emodetect.training.loop import _loss, resolve_preprocess, use_channels_last
 
 N_TRAIN = 17_490
-DEFAULT_MODELS = "cnn_seed,resnet,mini_xception,efficientnet_lite0"
+DEFAULT_MODELS = "cnn_seed,resnet,mini_xception,efficientnet_lite0@96,efficientnet_lite0@112"  # name[@input size]
 
 
 def train_steps(model, cfg, pre, batches, x_u8, y, pre_augmented=None) -> float:
@@ -36,7 +36,8 @@ def train_steps(model, cfg, pre, batches, x_u8, y, pre_augmented=None) -> float:
     for i in range(batches + 2):
         t = time.perf_counter()
         x = pre_augmented[i % len(pre_augmented)] if pre_augmented is not None else augment_batch(x_u8, pre, aug, g)
-        x = x.contiguous(memory_format=torch.channels_last)
+        if use_channels_last(cfg):
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             out = model(x)
         loss = _loss(out, y, None, 0.0)
@@ -57,11 +58,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, malloc tuned: {'MALLOC_TOP_PAD_' in os.environ}")  # fmt: skip
     rows = []
-    for name in args.models.split(","):
-        cfg = TrainConfig(model=name, bf16=args.bf16)
+    for entry in args.models.split(","):
+        name, _, size = entry.partition("@")
+        cfg = TrainConfig(model=name, bf16=args.bf16, image_size=int(size) if size else None)
         pre = resolve_preprocess(cfg)
-        model = create_model(name, pretrained=False).to(memory_format=torch.channels_last)
-        x_u8 = torch.randint(0, 256, (64, pre.channels, 96, 96), dtype=torch.uint8)
+        model = create_model(name, pretrained=False)
+        if use_channels_last(cfg):
+            model = model.to(memory_format=torch.channels_last)
+        x_u8 = torch.randint(0, 256, (64, pre.channels, 96, 96), dtype=torch.uint8)  # the cache's size
         y = torch.randint(0, 8, (64,))
         step = train_steps(model, cfg, pre, args.batches, x_u8, y)
         ready = [augment_batch(x_u8, pre, cfg.augmentation()) for _ in range(4)]
@@ -72,8 +76,8 @@ def main() -> None:
         predict_logits(model, imgs, pre, batch_size=256)
         ips = len(imgs) / (time.perf_counter() - t)
         n_params = sum(p.numel() for p in model.parameters())
-        rows.append((name, pre.size, n_params, step * N_TRAIN / 64, step_ready * N_TRAIN / 64, ips))
-        print(f"  measured {name}", flush=True)
+        rows.append((entry, pre.size, n_params, step * N_TRAIN / 64, step_ready * N_TRAIN / 64, ips))
+        print(f"  measured {entry}", flush=True)
     print(f"\n{'network':<20} {'input':>5} {'params':>9} {'s/epoch':>9} {'pre-aug':>9} {'overhead':>9} {'infer img/s':>12}")
     for name, size, n, ep, ep_ready, ips in rows:
         print(f"{name:<20} {size:>5} {n:>9,} {ep:>9.0f} {ep_ready:>9.0f} {100 * (ep / ep_ready - 1):>8.1f}% {ips:>12,.0f}")

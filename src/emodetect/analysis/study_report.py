@@ -121,7 +121,7 @@ def write_report(result: dict, out: Path, runs: dict[str, dict], ds) -> None:
 
     f1 = np.array([[models[n]["test"]["per_class"].get(c, {}).get("f1", np.nan) for c in CLASSES] for n in order])
     plots.save(plots.heatmap(f1, order, CLASSES, title="Per-class F1 on the test split", fmt=".2f", vmin=0, vmax=1,
-                             cmap="viridis"), figs / "per_class_f1.png")  # fmt: skip
+                             cmap="Blues"), figs / "per_class_f1.png")  # fmt: skip
     acc = {n: models[n]["test"]["accuracy"] for n in order}
     plots.save(plots.bars(acc, title="Test accuracy", ylabel="accuracy"), figs / "accuracy.png")
     fig = confused_faces(out / "models" / best, ds)

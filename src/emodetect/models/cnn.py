@@ -64,12 +64,14 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """A ResNet-18-style network sized for 96x96 faces: a stride-2 stem, then 4 stages of basic blocks."""
+    """A ResNet-18-style network sized for 96x96 faces: a stride-2 stem and a max-pool (24x24 maps, as in
+    ResNet-18), then 4 stages of basic blocks (24, 12, 6, 3)."""
 
     def __init__(self, num_classes=8, in_chans=1, widths=(32, 64, 128, 256), depths=(2, 2, 2, 2), dropout=0.3):
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+            nn.Conv2d(in_chans, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
         )
         stages, c = [], widths[0]
         for i, (w, d) in enumerate(zip(widths, depths)):

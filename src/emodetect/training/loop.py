@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from emodetect.config import TrainConfig
 from emodetect.data.ingest import Dataset
-from emodetect.data.transforms import Augment, Preprocess, augment_batch, to_model_input, to_uint8_tensor
+from emodetect.data.transforms import Augment, Preprocess, augment_batch, to_uint8_tensor
 from emodetect.errors import EmodetectError
 from emodetect.labels import CLASSES
 from emodetect.models.registry import create_model, get_spec
@@ -96,16 +96,10 @@ def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, sched
 def evaluate_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, pre: Preprocess, *, batch_size: int = 256,
                    weight=None, bf16: bool = False, tta_flip: bool = False) -> dict:  # fmt: skip
     """Loss, accuracy and macro-F1 on held-out images (eval preprocessing, no augmentation)."""
+    from emodetect.models.predict import predict_logits
+
     model.eval()
-    logits = []
-    for start in range(0, len(y), batch_size):
-        x = to_model_input(x_u8[start : start + batch_size], pre).contiguous(memory_format=torch.channels_last)
-        with _autocast(bf16):
-            out = model(x).float()
-            if tta_flip:
-                out = (out + model(torch.flip(x, dims=[3])).float()) / 2
-        logits.append(out)
-    logits = torch.cat(logits)
+    logits = torch.from_numpy(predict_logits(model, x_u8, pre, batch_size=batch_size, tta_flip=tta_flip, bf16=bf16))
     pred = logits.argmax(1)
     f1s = []
     for c in range(logits.shape[1]):
