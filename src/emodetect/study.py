@@ -38,10 +38,9 @@ PRESETS: dict[str, dict] = {
             "mlp": {},
             "hog_lbp_svm": {},
             # the study's CNN: Adam with L2 in the loss, class weights, augmentation, early stopping
-            # (8 epochs: ~5 min each on 2 CPU cores; more epochs are a --config away)
-            "cnn_seed": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "epochs": 8, "patience": 4},
+            "cnn_seed": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "epochs": 25, "patience": 6},
             # transfer learning: FER2013 mini-Xception (gray 64x64) and ImageNet EfficientNet-Lite0 (RGB 96x96)
-            "mini_xception": {"epochs": 6, "lr": 2e-3, "weight_decay": 0.01, "label_smoothing": 0.1, "patience": 4},
+            "mini_xception": {"epochs": 15, "lr": 2e-3, "weight_decay": 0.01, "label_smoothing": 0.1, "patience": 5},
             "efficientnet_lite0": {"epochs": 12, "lr": 1e-3, "weight_decay": 0.05, "image_size": 96,
                                    "label_smoothing": 0.1, "patience": 5},  # fmt: skip
         },
@@ -321,6 +320,14 @@ def environment() -> dict:
                 break
     except OSError:
         pass
-    return {"versions": library_versions(), "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = library_versions()
+    for dist in ("scipy", "opencv-python-headless", "matplotlib", "umap-learn", "skops", "safetensors", "tqdm"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return {"versions": versions, "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "date": time.strftime("%Y-%m-%d %H:%M %Z")}  # fmt: skip
