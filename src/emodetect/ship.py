@@ -22,9 +22,9 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 def ship(run_dir, dest_dir=WEIGHTS_DIR, *, data=None, cache_dir=None, command: str = "", log=print) -> dict:
     from emodetect.data import load_dataset
     from emodetect.evaluation.calibration import reliability
-    from emodetect.evaluation.metrics import classification_metrics, most_confused_pairs
+    from emodetect.evaluation.metrics import accuracy_by_format, classification_metrics, most_confused_pairs
     from emodetect.models.artifact import load_artifact, save_network
-    from emodetect.models.predict import Predictor
+    from emodetect.models.predict import Predictor, softmax
     from emodetect.runs import model_path
 
     run_dir, dest = Path(run_dir), Path(dest_dir)
@@ -47,19 +47,13 @@ def ship(run_dir, dest_dir=WEIGHTS_DIR, *, data=None, cache_dir=None, command: s
                       relfcs_max=d.get("relfcs_max"), seed=d.get("split_seed", 0), cache_dir=cache_dir,
                       progress=False)  # fmt: skip
     test = ds.subset("test")
-    predictor = Predictor(shipped)
-    proba = predictor.predict_proba(test.images)
+    logits = Predictor(shipped).logits(test.images)  # one pass: raw and calibrated probabilities from it
+    proba = softmax(logits, shipped.temperature)
     pred = proba.argmax(1)
     metrics = classification_metrics(test.labels, pred)
-    raw = Predictor(shipped).logits(test.images)
-    from emodetect.models.predict import softmax
-
-    ece_before = reliability(softmax(raw), test.labels)["ece"]
+    ece_before = reliability(softmax(logits), test.labels)["ece"]
     ece_after = reliability(proba, test.labels)["ece"]
-    fmt = dict(zip(ds.manifest["path"], ds.manifest["format"]))
-    formats = np.array([fmt[p] for p in test.paths])
-    by_format = {f: {"accuracy": float((pred[formats == f] == test.labels[formats == f]).mean()),
-                     "n": int((formats == f).sum())} for f in sorted(set(formats))}  # fmt: skip
+    by_format = accuracy_by_format(test.paths, pred == test.labels, ds.manifest)
     fp32 = Predictor(src).predict(test.images)
     agree = float((fp32 == pred).mean())
     card = {

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from emodetect.analysis.document import Document
-from emodetect.evaluation.metrics import most_confused_pairs
+from emodetect.evaluation.metrics import accuracy_by_format, most_confused_pairs
 from emodetect.labels import CLASSES
 
 
@@ -79,11 +79,7 @@ def format_accuracy(run_dir: Path, ds) -> dict:
     from emodetect.analysis.ensembles import read_predictions
 
     paths, y, proba = read_predictions(run_dir)["test"]
-    fmt = dict(zip(ds.manifest["path"], ds.manifest["format"]))
-    formats = np.array([fmt.get(p, "?") for p in paths])
-    correct = proba.argmax(1) == y
-    return {f: {"accuracy": float(correct[formats == f].mean()), "n": int((formats == f).sum())}
-            for f in sorted(set(formats))}  # fmt: skip
+    return accuracy_by_format(paths, proba.argmax(1) == y, ds.manifest)
 
 
 def confused_faces(run_dir: Path, ds, per_pair: int = 8, k: int = 3):

@@ -44,3 +44,11 @@ def most_confused_pairs(cm: np.ndarray, classes: Sequence[str], k: int = 3) -> l
     np.fill_diagonal(cm, 0)
     flat = np.argsort(cm, axis=None)[::-1][:k]
     return [(classes[i], classes[j], int(cm[i, j])) for i, j in zip(*np.unravel_index(flat, cm.shape)) if cm[i, j]]
+
+
+def accuracy_by_format(paths: np.ndarray, correct: np.ndarray, manifest: dict[str, np.ndarray]) -> dict:
+    """Accuracy per image file format (the dataset's source shortcut): format -> {accuracy, n}."""
+    fmt = dict(zip(manifest["path"], manifest["format"]))
+    formats = np.array([fmt.get(p, "?") for p in paths])
+    return {f: {"accuracy": float(correct[formats == f].mean()), "n": int((formats == f).sum())}
+            for f in sorted(set(formats))}  # fmt: skip
