@@ -2,26 +2,64 @@
 
 - networks: one ``.safetensors`` file; the header's metadata holds the JSON description (model name and
   arguments, classes, preprocessing, label source, config, metrics, library versions, temperature);
-- scikit-learn pipelines: one ``.skops`` file holding ``{"pipeline": ..., "meta": ...}``, loaded with an
-  explicit allow-list of types (never plain unpickling).
-Loading needs nothing but the file.
+- scikit-learn pipelines: one ``.skops`` file holding ``{"pipeline": ..., "meta": ...}``.
+Loading needs nothing but the file, and a file can do nothing but describe a model:
+
+- a ``.skops`` file is checked node by node before skops constructs anything: every (loader, type) pair
+  must be one that this project's own pipelines are saved with (`SKOPS_ALLOWED`, an exact list, no
+  prefixes), so no function, method, ``functools.partial``, ``operator`` trick or reduce call can be
+  smuggled in; member sizes and every ``.npy`` header are bounded, and decision trees are checked for
+  out-of-range node indices (scikit-learn trusts them at inference);
+- the description of either kind is checked against a schema (types, bounds, known model and classes)
+  and, for a network, the weights' shapes and dtypes are compared with the model's own before a single
+  weight is read, so a file cannot make the loader allocate more than the model it names.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import platform
-from dataclasses import dataclass, field
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from emodetect import __version__
+from emodetect.data.decode import COLOR_MODES
+from emodetect.data.source import zip_member_problem
 from emodetect.data.transforms import Preprocess
 from emodetect.errors import EmodetectError
+from emodetect.files import atomic_write
 from emodetect.labels import CLASSES
 
 FORMAT_VERSION = 1
+MAX_PARAMETERS = 50_000_000  # far above any model here (EfficientNet-Lite2: 6 M); a file naming more is refused
+MAX_INPUT_SIZE = 512
+MAX_SKOPS_BYTES = 2 << 30  # all members of a .skops file together, uncompressed (a Random Forest is ~0.3 GB)
+
+# (skops loader, module.type) pairs that this project's own pipelines are saved with, found by saving every
+# registered pipeline (`tests/test_artifact.py` does so and checks that each loads); nothing else loads.
+SKOPS_ALLOWED = frozenset({
+    ("DictNode", "builtins.dict"), ("ListNode", "builtins.list"), ("TupleNode", "builtins.tuple"),
+    ("JsonNode", "builtins.str"), ("TypeNode", "builtins.str"), ("TypeNode", "builtins.int"),
+    ("NdArrayNode", "numpy.ndarray"), ("NdArrayNode", "numpy.float32"), ("NdArrayNode", "numpy.float64"),
+    ("NdArrayNode", "numpy.int32"), ("NdArrayNode", "numpy.int64"),
+    ("RandomStateNode", "numpy.random.mtrand.RandomState"),
+    ("TreeNode", "sklearn.tree._tree.Tree"),
+    ("ObjectNode", "sklearn.pipeline.Pipeline"),
+    ("ObjectNode", "sklearn.preprocessing._data.StandardScaler"),
+    ("ObjectNode", "sklearn.preprocessing._label.LabelBinarizer"),
+    ("ObjectNode", "sklearn.decomposition._pca.PCA"),
+    ("ObjectNode", "sklearn.linear_model._logistic.LogisticRegression"),
+    ("ObjectNode", "sklearn.svm._classes.LinearSVC"),
+    ("ObjectNode", "sklearn.ensemble._forest.RandomForestClassifier"),
+    ("ObjectNode", "sklearn.tree._classes.DecisionTreeClassifier"),
+    ("ObjectNode", "sklearn.neural_network._multilayer_perceptron.MLPClassifier"),
+    ("ObjectNode", "sklearn.neural_network._stochastic_optimizers.AdamOptimizer"),
+    ("ObjectNode", "emodetect.models.classical.FaceFeatures"),
+})  # fmt: skip
 
 
 def library_versions() -> dict:
@@ -45,7 +83,6 @@ class Artifact:
     model: object
     meta: dict
     path: Path | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -84,34 +121,25 @@ def save_network(path: str | Path, model, name: str, preprocess: Preprocess, met
                  model_kwargs: dict | None = None, half: bool = False) -> Path:  # fmt: skip
     """Write a network's weights and description; ``half`` stores float16 weights (loads back as float32)."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state = {k: v.to(torch.float32) if v.dtype == torch.bfloat16 else v for k, v in state.items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     description = _describe("torch", name, preprocess, {"model_kwargs": model_kwargs or {}, "dtype":
                             "float16" if half else "float32", **meta})  # fmt: skip
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.to(torch.float32) if v.dtype == torch.bfloat16 else v for k, v in state.items()}, str(tmp),
-              metadata={"emodetect": json.dumps(description)})  # fmt: skip
-    tmp.replace(path)
-    return path
-
-
-_SKOPS_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "emodetect.", "collections.")
+    text = json.dumps(description)
+    validate_meta(json.loads(text), "torch", path)  # never write a file that would not load
+    return atomic_write(path, save(state, metadata={"emodetect": text}))
 
 
 def save_pipeline(path: str | Path, pipeline, name: str, preprocess: Preprocess, meta: dict) -> Path:
     import skops.io as sio
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sio.dump({"pipeline": pipeline, "meta": json.dumps(_describe("sklearn", name, preprocess, meta))}, tmp)
-    tmp.replace(path)
-    return path
+    text = json.dumps(_describe("sklearn", name, preprocess, meta))
+    validate_meta(json.loads(text), "sklearn", path)
+    return atomic_write(path, sio.dumps({"pipeline": pipeline, "meta": text}))
 
 
 def load_artifact(path: str | Path) -> Artifact:
@@ -126,47 +154,232 @@ def load_artifact(path: str | Path) -> Artifact:
     raise EmodetectError(f"{path}: unknown model file type (expected .safetensors or .skops)")
 
 
+# ------------------------------------------------------------------------------------------ description
+
+
+def _invalid(path, msg: str) -> EmodetectError:
+    return EmodetectError(f"{path} is not a valid emodetect model file ({msg})")
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_option(path, key: str, v, depth: int = 0) -> None:
+    """A model option from a file: a bool, a number in [0, 4096], or a short list of those."""
+    if isinstance(v, bool):
+        return
+    if _finite_number(v):
+        if not 0 <= v <= 4096:
+            raise _invalid(path, f"model option {key}={v} is out of range")
+        return
+    if isinstance(v, list) and depth == 0 and len(v) <= 16:
+        for item in v:
+            _check_option(path, key, item, depth + 1)
+        return
+    raise _invalid(path, f"model option {key} has an unsupported value")
+
+
+def validate_meta(meta, kind: str, path="model") -> dict:
+    """Check a model description read from a file (or about to be written); raises EmodetectError."""
+    from emodetect.models.registry import get_spec
+
+    if not isinstance(meta, dict):
+        raise _invalid(path, "its description is not a JSON object")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _invalid(path, "missing or bad format_version")
+    if version > FORMAT_VERSION:
+        raise EmodetectError(f"{path} was written by a newer emodetect (format {version}); upgrade to load it")
+    if meta.get("kind") != kind:
+        raise _invalid(path, f"its description says kind {meta.get('kind')!r}, the file holds a {kind} model")
+    name = meta.get("model")
+    if not isinstance(name, str):
+        raise _invalid(path, "missing model name")
+    spec = get_spec(name)  # an unknown model name is a clear error listing the known ones
+    if spec.kind != kind:
+        raise _invalid(path, f"model {name!r} is a {spec.kind} model")
+    classes = meta.get("classes")
+    if (not isinstance(classes, list) or not 2 <= len(classes) <= len(CLASSES) or len(set(map(str, classes))) !=
+            len(classes) or any(c not in CLASSES for c in classes)):  # fmt: skip
+        raise _invalid(path, "classes must be a list of known emotion names")
+    pre = meta.get("preprocess")
+    if not isinstance(pre, dict) or set(pre) != {"size", "mode", "mean", "std"}:
+        raise _invalid(path, "preprocess must have size, mode, mean and std")
+    if not isinstance(pre["size"], int) or isinstance(pre["size"], bool) or not 8 <= pre["size"] <= MAX_INPUT_SIZE:
+        raise _invalid(path, f"input size must be a whole number from 8 to {MAX_INPUT_SIZE}")
+    if pre["mode"] not in COLOR_MODES:
+        raise _invalid(path, f"colour mode must be one of {', '.join(COLOR_MODES)}")
+    channels = 1 if pre["mode"] == "gray" else 3
+    for key in ("mean", "std"):
+        v = pre[key]
+        if not isinstance(v, list) or len(v) != channels or not all(_finite_number(x) and abs(x) <= 10 for x in v):
+            raise _invalid(path, f"preprocess {key} must be {channels} finite numbers")
+    if any(s <= 0 for s in pre["std"]):
+        raise _invalid(path, "preprocess std must be positive")
+    t = meta.get("temperature", 1.0)
+    if not _finite_number(t) or not 0.01 <= t <= 100:
+        raise _invalid(path, "temperature must be a number from 0.01 to 100")
+    if "tta_flip" in meta and not isinstance(meta["tta_flip"], bool):
+        raise _invalid(path, "tta_flip must be true or false")
+    if kind == "torch":
+        if meta.get("dtype") not in ("float16", "float32"):
+            raise _invalid(path, "dtype must be float16 or float32")
+        kwargs = meta.get("model_kwargs")
+        if not isinstance(kwargs, dict):
+            raise _invalid(path, "model_kwargs must be an object")
+        unknown = set(kwargs) - set(spec.defaults)
+        if unknown:
+            raise _invalid(path, f"model {name!r} takes no option(s) {', '.join(sorted(map(str, unknown)))[:200]}")
+        for key, value in kwargs.items():
+            _check_option(path, key, value)
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------- networks
+
+
 def _load_network(path: Path) -> Artifact:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    import torch
+    from safetensors import SafetensorError, safe_open
 
     from emodetect.models.registry import create_model
 
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {})["emodetect"])
-        state = load_file(str(path))
-    except (SafetensorError, KeyError, ValueError, OSError) as exc:
-        raise EmodetectError(f"{path} is not a valid emodetect model file ({type(exc).__name__}: {exc})") from None
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise EmodetectError(f"{path} was written by a newer emodetect (format {meta['format_version']})")
-    model = create_model(meta["model"], num_classes=len(meta["classes"]), pretrained=False, **meta["model_kwargs"])
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+            header = f.metadata() or {}
+            shapes = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _invalid(path, f"{type(exc).__name__}: {str(exc)[:200]}") from None
     try:
-        model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        raise EmodetectError(f"{path}: weights do not fit model {meta['model']!r}: {exc}") from None
-    missing = set(model.state_dict()) - set(state)
-    if any(not k.endswith("num_batches_tracked") for k in missing):
-        raise EmodetectError(f"{path}: weights missing for {sorted(missing)[:5]}")
+        meta = json.loads(header["emodetect"])
+    except (KeyError, TypeError, ValueError, RecursionError):
+        raise _invalid(path, "no emodetect description in its header") from None
+    validate_meta(meta, "torch", path)
+    kwargs = dict(num_classes=len(meta["classes"]), pretrained=False, **meta["model_kwargs"])
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated until the file is known to fit
+            skeleton = create_model(meta["model"], **kwargs)
+    except EmodetectError:
+        raise
+    except Exception as exc:  # options that the builder cannot use
+        raise _invalid(path, f"model options do not build a {meta['model']!r}: {type(exc).__name__}") from None
+    n_params = sum(p.numel() for p in skeleton.parameters())
+    if n_params > MAX_PARAMETERS:
+        raise _invalid(path, f"its options describe a network of {n_params:,} parameters")
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if not k.endswith("num_batches_tracked")}
+    if set(shapes) != set(expected):
+        diff = sorted(set(shapes) ^ set(expected))[:5]
+        raise _invalid(path, f"its weights do not match model {meta['model']!r} ({', '.join(diff)})")
+    for k, (shape, dtype) in shapes.items():
+        if shape != expected[k] or dtype not in ("F16", "F32", "BF16"):
+            raise _invalid(path, f"weight {k} has shape {shape} and dtype {dtype}; {meta['model']!r} needs {expected[k]}")
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _invalid(path, f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    state = {k: v.float() for k, v in state.items()}
+    if not all(bool(torch.isfinite(v).all()) for v in state.values()):
+        raise _invalid(path, "some weights are not finite numbers")
+    model = create_model(meta["model"], **kwargs)
+    model.load_state_dict(state, strict=False)  # every key was checked above; BatchNorm counters are not stored
     model.eval()
     return Artifact(model, meta, path)
 
 
-def _load_pipeline(path: Path) -> Artifact:
-    import skops.io as sio
+# --------------------------------------------------------------------------------------------- pipelines
 
+
+def skops_nodes(schema) -> set[tuple[str, str]]:
+    """Every (loader, module.type) pair in a skops schema tree."""
+    pairs, stack = set(), [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__loader__" in node:
+                pairs.add((str(node["__loader__"]), f"{node.get('__module__')}.{node.get('__class__')}"))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return pairs
+
+
+def _check_skops_archive(path: Path) -> list[str]:
+    """Bound the archive and check every node before skops reads it; returns the types to trust."""
     try:
-        untrusted = sio.get_untrusted_types(file=path)
-        bad = [t for t in untrusted if not t.startswith(_SKOPS_TRUSTED_PREFIXES)]
-        if bad:
-            raise EmodetectError(f"{path} contains types that are not allowed: {bad}")
-        obj = sio.load(path, trusted=untrusted)
-        meta = json.loads(obj["meta"])
-        return Artifact(obj["pipeline"], meta, path)
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            if sum(i.file_size for i in infos) > MAX_SKOPS_BYTES:
+                raise _invalid(path, "its members expand beyond 2 GiB")
+            for info in infos:
+                problem = zip_member_problem(info, MAX_SKOPS_BYTES)
+                if problem:
+                    raise _invalid(path, f"member {info.filename[:60]!r}: {problem}")
+                if info.filename.endswith(".npy"):
+                    _check_npy_header(z, info, path)
+            schema = json.loads(z.read("schema.json"))
     except EmodetectError:
         raise
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError, RecursionError, EOFError, RuntimeError) as exc:
+        raise _invalid(path, f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    pairs = skops_nodes(schema)
+    bad = sorted(f"{t} ({loader})" for loader, t in pairs - SKOPS_ALLOWED)
+    if bad:
+        raise EmodetectError(f"{path} contains types that are not allowed in an emodetect model: {', '.join(bad[:8])}")
+    return sorted({t for _, t in pairs})
+
+
+def _check_npy_header(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> None:
+    """A .npy member must hold what its header declares: no object arrays, no absurd shapes."""
+    from numpy.lib import format as npy
+
+    with z.open(info) as f:
+        version = npy.read_magic(f)
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+    if dtype.hasobject:
+        raise _invalid(path, f"member {info.filename[:60]!r} holds Python objects")
+    if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > info.file_size:
+        raise _invalid(path, f"member {info.filename[:60]!r} declares more data than it holds")
+
+
+def _check_trees(pipe, path: Path) -> None:
+    """Decision-tree node indices must point inside their tree and forward (scikit-learn does not check)."""
+    for step in pipe.steps:
+        for est in getattr(step[1], "estimators_", [step[1]]):
+            tree = getattr(est, "tree_", None)
+            if tree is None:
+                continue
+            n = tree.node_count
+            left, right, feat = tree.children_left, tree.children_right, tree.feature
+            idx = np.arange(n)
+            leaf = left == -1
+            ok = len(left) == len(right) == len(feat) == n and np.array_equal(leaf, right == -1)
+            ok = ok and bool(((left > idx) & (left < n) | leaf).all() and ((right > idx) & (right < n) | leaf).all())
+            ok = ok and bool(((feat >= 0) & (feat < tree.n_features) | leaf).all())
+            if not ok:
+                raise _invalid(path, "a decision tree has out-of-range nodes")
+
+
+def _load_pipeline(path: Path) -> Artifact:
+    import skops.io as sio
+    from sklearn.pipeline import Pipeline
+
+    trusted = _check_skops_archive(path)
+    try:
+        obj = sio.load(path, trusted=trusted)
+    except MemoryError:
+        raise _invalid(path, "it declares more data than fits in memory") from None
     except Exception as exc:  # skops raises many types on a corrupt file; all mean the same to a user
-        raise EmodetectError(f"{path} is not a valid emodetect model file ({type(exc).__name__}: {exc})") from None
+        raise _invalid(path, f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("pipeline"), Pipeline) or not isinstance(obj.get("meta"), str):
+        raise _invalid(path, "expected a scikit-learn Pipeline and its description")
+    try:
+        meta = json.loads(obj["meta"])
+    except (ValueError, RecursionError):
+        raise _invalid(path, "its description is not JSON") from None
+    validate_meta(meta, "sklearn", path)
+    _check_trees(obj["pipeline"], path)
+    return Artifact(obj["pipeline"], meta, path)

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from emodetect.config import TrainConfig
+from emodetect.config import Augment, TrainConfig
 from emodetect.data.ingest import Dataset
-from emodetect.data.transforms import Augment, Preprocess, augment_batch, to_uint8_tensor
+from emodetect.data.transforms import Preprocess, augment_batch, to_uint8_tensor
 from emodetect.errors import EmodetectError
-from emodetect.labels import CLASSES
+from emodetect.labels import CLASSES, label_to_index
 from emodetect.models.registry import create_model, get_spec
 
 CHECKPOINT = "checkpoint.pt"
@@ -157,10 +157,8 @@ def _sampling_probabilities(labels: np.ndarray, oversample: dict) -> torch.Tenso
     if not oversample:
         return None
     factors = np.ones(len(CLASSES))
-    for name, f in oversample.items():
-        if name not in CLASSES:
-            raise EmodetectError(f"oversample: unknown class {name!r}")
-        factors[CLASSES.index(name)] = float(f)
+    for name, f in oversample.items():  # TrainConfig has resolved aliases to canonical names
+        factors[label_to_index(name)] = float(f)
     p = factors[labels]
     return torch.tensor(p / p.sum(), dtype=torch.float64)
 
@@ -196,7 +194,9 @@ def fit(cfg: TrainConfig, train: Dataset, val: Dataset, out_dir: str | Path | No
     if resume:
         if ckpt_path is None or not ckpt_path.exists():
             raise EmodetectError(f"--resume: no checkpoint at {ckpt_path}")
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        ck = read_checkpoint(ckpt_path)
+        if ck is None:
+            raise EmodetectError(f"--resume: {ckpt_path} is not a readable emodetect checkpoint (truncated or foreign)")
         if ck["config"] != json.loads(json.dumps(asdict(cfg))):
             raise EmodetectError(f"--resume: {ckpt_path} was written with a different config")
         model.load_state_dict(ck["model"])
@@ -250,12 +250,26 @@ def use_channels_last(cfg: TrainConfig) -> bool:
     return cfg.channels_last and get_spec(cfg.model).channels_last
 
 
+_CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "torch_rng", "generator", "history", "epoch", "best_score",
+                    "best_epoch", "best_state", "config"}  # fmt: skip
+
+
+def read_checkpoint(path) -> dict | None:
+    """A checkpoint written by `fit`, or None when it is truncated, foreign or not a plain-tensor file.
+
+    ``weights_only=True`` refuses any pickled object that is not a tensor or plain data, so no code runs.
+    """
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # truncated, pickled objects, not a torch file: all mean "not resumable"
+        return None
+    return ck if isinstance(ck, dict) and _CHECKPOINT_KEYS <= set(ck) else None
+
+
 def checkpoint_config(path) -> dict | None:
     """The config a checkpoint was written with (None if it cannot be read), to decide whether to resume."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)["config"]
-    except Exception:  # a truncated or foreign file: not resumable
-        return None
+    ck = read_checkpoint(path)
+    return None if ck is None else ck["config"]
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, generator, history, epoch, best, cfg) -> None:
