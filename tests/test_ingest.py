@@ -132,3 +132,26 @@ def test_default_cache_dir_honours_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "emodetect"
     assert os.environ.get("EMODETECT_CACHE") is None
+
+
+def test_a_killed_cache_write_leaves_no_orphan_and_a_damaged_cache_is_rebuilt(tmp_path, tiny_zip):
+    first = _load(tiny_zip[0], tmp_path)
+    folder = Path(first.info["cache"])
+    orphan = folder / ".images-gray-96.npy.tmp-99999999"  # what a writer killed mid-write leaves behind
+    orphan.write_bytes(b"half a file")
+    again = _load(tiny_zip[0], tmp_path)
+    assert again.info["from_cache"] and not orphan.exists()
+    for damage in ("truncate", "delete", "garble"):
+        manifest = folder / "manifest.csv"
+        if damage == "truncate":
+            manifest.write_bytes(manifest.read_bytes()[:300])
+        elif damage == "delete":
+            manifest.unlink()
+        else:
+            manifest.write_bytes(b"\xff\xfe\x00 not a manifest")
+        rebuilt = _load(tiny_zip[0], tmp_path)
+        assert not rebuilt.info["from_cache"], damage
+        np.testing.assert_array_equal(rebuilt.images, first.images)
+        assert _load(tiny_zip[0], tmp_path).info["from_cache"]
+    (folder / "index.json").write_text("{not json")
+    assert not _load(tiny_zip[0], tmp_path).info["from_cache"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,10 +26,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from emodetect.data import dedup
-from emodetect.data.decode import COLOR_MODES, convert_color, decode_bgr, sniff_format, to_square
-from emodetect.data.source import Layout, Source, scan
+from emodetect.data.decode import COLOR_MODES, UnreadableImage, convert_color, decode_rgb, sniff_format, to_square
+from emodetect.data.source import Layout, Source, UnreadableFile, scan
 from emodetect.data.split import SPLITS, make_split
 from emodetect.errors import EmodetectError
+from emodetect.files import atomic_save_npy, atomic_write, read_json, remove_stale_temp_files, write_json
 from emodetect.labels import CLASSES
 
 CACHE_VERSION = 1
@@ -119,30 +119,34 @@ def load_dataset(
     source = Source(data)
     try:
         fingerprint = source.fingerprint()
-        folder = Path(cache_dir or default_cache_dir()) / f"{fingerprint[:24]}-v{CACHE_VERSION}"
-        index = _read_json(folder / "index.json")
+        folder = _cache_folder(cache_dir, fingerprint)
+        remove_stale_temp_files(folder)  # left by a writer that was killed
+        index = _read_index(folder / "index.json")
+        manifest = _read_manifest(folder / "manifest.csv", index["n_images"]) if index else None
         images_file = folder / f"images-{mode}-{size}.npy"
-        built = index is None
+        built = manifest is None  # no index, or a missing or damaged manifest: build the cache again
         if built:
             index, images = _build(source, folder, fingerprint, mode, size, progress)
-        manifest = _read_manifest(folder / "manifest.csv")
-        if not built:
-            images = _load_images(images_file, len(manifest["path"]))
+            manifest = _read_manifest(folder / "manifest.csv", index["n_images"])
+        else:
+            images = _load_array(images_file, len(manifest["path"]))
             if images is None:
                 images, _ = _decode_all(source, manifest["path"], mode, size, progress, want_gray=False)
-                _save_npy(images_file, images)
+                atomic_save_npy(images_file, images)
     finally:
         source.close()
 
     split_file = folder / f"split-{seed}-{'-'.join(f'{f:g}' for f in fractions)}.npy"
-    split = _load_images(split_file, len(manifest["path"]))
+    split = _load_array(split_file, len(manifest["path"]))
     if split is None:
         strata = np.array([CLASSES.index(c) for c in manifest["folder_label"]])
         split = make_split(strata, manifest["dup_group"], fractions, seed)
-        _save_npy(split_file, split)
+        atomic_save_npy(split_file, split)
 
     keep = np.ones(len(split), bool)
     if label_source == "csv":
+        if index.get("csv_error"):
+            raise EmodetectError(f"label source 'csv' cannot be used: {index['csv_error']}")
         has_csv = manifest["csv_label"] != ""
         if not has_csv.any():
             raise EmodetectError(f"label source 'csv' needs a labels.csv with rows for the images in {data}")
@@ -176,6 +180,8 @@ def load_dataset(
         "n_dropped_no_csv_row": n_no_csv,
         "n_dropped_relfcs": n_relfcs,
         "unreadable": index["unreadable"],
+        "unreadable_reasons": index.get("unreadable_reasons", {}),
+        "warnings": index.get("warnings", []),
         "n_ignored_files": index["n_ignored_files"],
         "n_csv_rows_without_image": index["n_csv_rows_without_image"],
         "cache": str(folder),
@@ -191,21 +197,34 @@ def load_dataset(
 # --------------------------------------------------------------------------------------------- building
 
 
+def _cache_folder(cache_dir, fingerprint: str) -> Path:
+    folder = Path(cache_dir or default_cache_dir()) / f"{fingerprint[:24]}-v{CACHE_VERSION}"
+    if folder.exists() and not folder.is_dir():
+        raise EmodetectError(f"cache folder {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise EmodetectError(f"cannot use {folder.parent} as the cache folder: a file is in the way") from None
+    except OSError as exc:
+        raise EmodetectError(f"cannot create the cache folder {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
 def _build(source: Source, folder: Path, fingerprint: str, mode: str, size: int, progress: bool):
     t0 = time.perf_counter()
     layout = scan(source)
     images, gray, extra = _decode_all(source, layout.paths, mode, size, progress, want_gray=True)
     ok = extra["ok"]
     paths = [p for p, good in zip(layout.paths, ok) if good]
-    unreadable = [p for p, good in zip(layout.paths, ok) if not good]
+    reasons = {p: r for p, r, good in zip(layout.paths, extra["reason"], ok) if not good}
     if not paths:
-        raise EmodetectError(f"no readable images in {source.path} ({len(unreadable)} files failed to decode)")
+        sample = "; ".join(f"{p}: {r}" for p, r in list(reasons.items())[:3])
+        raise EmodetectError(f"no readable images in {source.path} ({len(reasons)} files failed: {sample})")
     digests = [d for d, good in zip(extra["sha1"], ok) if good]
     t_dedup = time.perf_counter()
     exact, near = dedup.find_groups(gray, digests)
     manifest = _make_manifest(layout, ok, extra, exact, near)
-    folder.mkdir(parents=True, exist_ok=True)
-    _save_npy(folder / f"images-{mode}-{size}.npy", images)
+    atomic_save_npy(folder / f"images-{mode}-{size}.npy", images)
     _write_manifest(folder / "manifest.csv", manifest)
     index = {
         "version": CACHE_VERSION,
@@ -213,51 +232,76 @@ def _build(source: Source, folder: Path, fingerprint: str, mode: str, size: int,
         "kind": source.kind,
         "fingerprint": fingerprint,
         "n_images": len(paths),
-        "unreadable": unreadable,
+        "unreadable": list(reasons),
+        "unreadable_reasons": reasons,
+        "warnings": layout.warnings,
         "n_ignored_files": len(layout.ignored_files),
         "ignored_files_sample": layout.ignored_files[:20],
         "csv": layout.csv_path,
+        "csv_error": layout.csv_error,
         "n_csv_rows": layout.n_csv_rows,
         "n_csv_rows_without_image": layout.csv_rows_without_image,
         "folder_names": layout.folder_names,
         "seconds_decode": round(t_dedup - t0, 2),
         "seconds_dedup": round(time.perf_counter() - t_dedup, 2),
     }
-    _atomic_write(folder / "index.json", json.dumps(index, indent=1).encode())
+    write_json(folder / "index.json", index)  # written last: its presence marks a complete cache
     return index, images
 
 
-def _decode_all(source: Source, paths, mode: str, size: int, progress: bool, want_gray: bool, chunk: int = 1024):
-    """Read every file (in order) and decode it on a thread pool; OpenCV releases the GIL while decoding."""
+def _decode_all(source: Source, paths, mode: str, size: int, progress: bool, want_gray: bool, chunk: int = 1024,
+                chunk_bytes: int = 256 << 20):  # fmt: skip
+    """Read every file (in order) and decode it on a thread pool; OpenCV releases the GIL while decoding.
+
+    Files are read in chunks of at most `chunk` files and `chunk_bytes` bytes, so memory stays bounded
+    whatever the files' sizes. A file that cannot be read or decoded is marked, with its reason.
+    """
     n = len(paths)
     images = np.zeros((n, size, size) if mode == "gray" else (n, size, size, 3), np.uint8)
     gray = images if mode == "gray" or not want_gray else np.zeros((n, size, size), np.uint8)
     ok = np.zeros(n, bool)
-    sha1, fmt, width, height = [""] * n, [""] * n, np.zeros(n, int), np.zeros(n, int)
+    sha1, fmt, reason = [""] * n, [""] * n, [""] * n
+    width, height = np.zeros(n, int), np.zeros(n, int)
 
     def work(i_data):
         i, data = i_data
-        bgr = decode_bgr(data)
+        if isinstance(data, UnreadableFile):
+            reason[i] = str(data)
+            return
         fmt[i] = sniff_format(data)
         if want_gray:
             sha1[i] = hashlib.sha1(data).hexdigest()
-        if bgr is None:
+        try:
+            rgb = decode_rgb(data)
+        except UnreadableImage as exc:
+            reason[i] = str(exc)
             return
-        height[i], width[i] = bgr.shape[:2]
-        sq = to_square(bgr, size)
+        height[i], width[i] = rgb.shape[:2]
+        sq = to_square(rgb, size)
         images[i] = convert_color(sq, mode)
         if gray is not images:
             gray[i] = convert_color(sq, "gray")
         ok[i] = True
 
+    def read(i):
+        try:
+            return i, source.read(paths[i])
+        except UnreadableFile as exc:
+            return i, exc
+
     bar = tqdm(total=n, desc="decoding", unit="img", disable=not progress or None, leave=False)
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-        for start in range(0, n, chunk):
-            batch = [(i, source.read(paths[i])) for i in range(start, min(n, start + chunk))]
+        i = 0
+        while i < n:
+            batch, n_bytes = [], 0
+            while i < n and len(batch) < chunk and n_bytes < chunk_bytes:
+                batch.append(read(i))
+                n_bytes += len(batch[-1][1]) if isinstance(batch[-1][1], bytes) else 0
+                i += 1
             list(pool.map(work, batch))
             bar.update(len(batch))
     bar.close()
-    extra = {"ok": ok, "sha1": sha1, "format": fmt, "width": width, "height": height}
+    extra = {"ok": ok, "sha1": sha1, "format": fmt, "width": width, "height": height, "reason": reason}
     if want_gray:
         return images[ok], gray[ok], extra
     if not ok.all():
@@ -285,38 +329,19 @@ def _make_manifest(layout: Layout, ok, extra, exact, near) -> dict[str, np.ndarr
 # ------------------------------------------------------------------------------------------------ files
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _load_images(path: Path, n: int) -> np.ndarray | None:
+def _load_array(path: Path, n: int) -> np.ndarray | None:
+    """A cached array with n rows, or None when it is missing, truncated or damaged."""
     try:
-        array = np.load(path)
+        array = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError):
         return None
     return array if len(array) == n else None
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return index if index.get("version") == CACHE_VERSION else None
+def _read_index(path: Path) -> dict | None:
+    index = read_json(path)
+    ok = isinstance(index, dict) and index.get("version") == CACHE_VERSION and isinstance(index.get("n_images"), int)
+    return index if ok else None
 
 
 _INT_COLUMNS = ("width", "height", "exact_group", "dup_group")
@@ -328,20 +353,26 @@ def _write_manifest(path: Path, manifest: dict[str, np.ndarray]) -> None:
     writer.writerow(MANIFEST_COLUMNS)
     for row in zip(*(manifest[c] for c in MANIFEST_COLUMNS)):
         writer.writerow("" if isinstance(v, float) and np.isnan(v) else v for v in row)
-    _atomic_write(path, buf.getvalue().encode())
+    atomic_write(path, buf.getvalue())
 
 
-def _read_manifest(path: Path) -> dict[str, np.ndarray]:
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        columns = list(zip(*reader))
-    out = {}
-    for name, values in zip(header, columns):
-        if name in _INT_COLUMNS:
-            out[name] = np.array(values, int)
-        elif name == "relfcs":
-            out[name] = np.array([float(v) if v else np.nan for v in values])
-        else:
-            out[name] = np.array(values, dtype=object)
-    return out
+def _read_manifest(path: Path, n_rows: int) -> dict[str, np.ndarray] | None:
+    """The cached manifest, or None when it is missing, truncated or damaged (the cache is then rebuilt)."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            columns = list(zip(*reader))
+        if tuple(header) != MANIFEST_COLUMNS or not columns or len(columns[0]) != n_rows:
+            return None
+        out = {}
+        for name, values in zip(header, columns):
+            if name in _INT_COLUMNS:
+                out[name] = np.array(values, int)
+            elif name == "relfcs":
+                out[name] = np.array([float(v) if v else np.nan for v in values])
+            else:
+                out[name] = np.array(values, dtype=object)
+        return out
+    except (OSError, ValueError, StopIteration, csv.Error):
+        return None

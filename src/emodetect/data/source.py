@@ -3,6 +3,12 @@
 Layout: ``<class>/<image>`` (possibly under one or more wrapping folders, e.g. ``train/angry/x.jpg``)
 and, optionally, a ``labels.csv`` with columns ``pth,label[,relFCs]`` whose ``pth`` is relative to the
 folder that holds the CSV. The class of an image is the name of the folder that contains it.
+
+No single file stops a scan or a read: a zip member that is encrypted, uses an unsupported compression,
+declares an absurd size (a zip bomb) or fails its CRC, a dangling symlink or an unreadable file is named
+with its reason; named pipes, sockets and device files are ignored (reading one would hang); symlinked
+folders are followed once (loops are cut). A malformed ``labels.csv`` is recorded in `Layout.csv_error`
+and only matters to a caller that asks for CSV labels.
 """
 
 from __future__ import annotations
@@ -13,16 +19,26 @@ import hashlib
 import io
 import math
 import os
+import stat
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from emodetect.errors import EmodetectError
 from emodetect.labels import CLASSES, canonical_label
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 LABELS_CSV = "labels.csv"
+MAX_FILE_BYTES = 256 * 1024 * 1024  # one image file (or zip member) at most; a 50-megapixel TIFF fits
+MAX_CSV_BYTES = 64 * 1024 * 1024
+MAX_ZIP_RATIO = 200  # images compress a few times at most; a member claiming more is a zip bomb
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
+
+class UnreadableFile(EmodetectError):
+    """A file of a dataset that cannot be read (the message says why); the rest of the dataset is fine."""
 
 
 def _is_hidden(path: str) -> bool:
@@ -40,10 +56,60 @@ def _zip_central_directory(path: Path) -> bytes | None:
         if at < 0 or len(tail) - at < 22:
             return None
         _, _, _, _, _, cd_size, cd_offset, _ = struct.unpack("<4s4H2LH", tail[at : at + 22])
-        if cd_offset == 0xFFFFFFFF or cd_size == 0xFFFFFFFF:
+        if cd_offset == 0xFFFFFFFF or cd_size == 0xFFFFFFFF or cd_offset + cd_size > size:
             return None
         f.seek(cd_offset)
         return f.read(cd_size)
+
+
+def zip_member_problem(info: zipfile.ZipInfo, max_bytes: int = MAX_FILE_BYTES) -> str | None:
+    """Why a zip member cannot be read, judged from its header alone (None if it looks readable)."""
+    if info.flag_bits & 0x1:
+        return "encrypted zip member"
+    if info.compress_type not in _ZIP_METHODS:
+        return f"unsupported zip compression (method {info.compress_type})"
+    if info.file_size > max_bytes:
+        return f"declares {info.file_size:,} bytes, over the {max_bytes:,}-byte limit per file"
+    if info.file_size > (1 << 20) and info.file_size > MAX_ZIP_RATIO * max(1, info.compress_size):
+        return f"declares {info.file_size:,} bytes from {info.compress_size:,} compressed (a zip bomb)"
+    return None
+
+
+def read_zip_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of one member, read with a size cap whatever its header says; `UnreadableFile` on any fault."""
+    problem = zip_member_problem(info, max_bytes)
+    if problem:
+        raise UnreadableFile(problem)
+    try:
+        with z.open(info) as f:
+            data = f.read(max_bytes + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError, ValueError) as exc:
+        raise UnreadableFile(f"corrupt zip member ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if len(data) > max_bytes:
+        raise UnreadableFile(f"expands beyond the {max_bytes:,}-byte limit per file")
+    return data
+
+
+def read_regular_file(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file, read with a size cap; `UnreadableFile` for anything else or on any fault."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UnreadableFile("missing file or dangling symbolic link") from None
+    except OSError as exc:
+        raise UnreadableFile(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UnreadableFile("not a regular file")
+    if st.st_size > max_bytes:
+        raise UnreadableFile(f"{st.st_size:,} bytes, over the {max_bytes:,}-byte limit per file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise UnreadableFile(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if len(data) > max_bytes:
+        raise UnreadableFile(f"grew beyond the {max_bytes:,}-byte limit per file")
+    return data
 
 
 class Source:
@@ -58,11 +124,12 @@ class Source:
             raise EmodetectError(f"data not found: {self.path}")
         if self.path.is_dir():
             self.kind = "folder"
-        elif zipfile.is_zipfile(self.path):
+        elif self.path.is_file() and zipfile.is_zipfile(self.path):
             self.kind = "zip"
         else:
             raise EmodetectError(f"{self.path} is neither a folder nor a zip archive")
         self._zip: zipfile.ZipFile | None = None
+        self.ignored: list[str] = []  # special files (pipes, sockets, devices) and symlink loops, never read
 
     @functools.cached_property
     def _entries(self) -> dict:
@@ -70,30 +137,50 @@ class Source:
         if self.kind == "zip":
             try:
                 self._zip = zipfile.ZipFile(self.path)
-            except (zipfile.BadZipFile, OSError) as exc:
+                infos = [i for i in self._zip.infolist() if not i.is_dir()]
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
                 raise EmodetectError(f"cannot read zip archive {self.path}: {exc}") from None
-            infos = (i for i in self._zip.infolist() if not i.is_dir())
             return {i.filename: i for i in sorted(infos, key=lambda i: i.filename) if not _is_hidden(i.filename)}
+        return self._walk_folder()
+
+    def _walk_folder(self) -> dict:
         entries = {}
-        for root, dirs, files in os.walk(self.path):
+        seen_dirs = set()
+        for root, dirs, files in os.walk(self.path, followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen_dirs:  # a symlink loop or a second link to the same folder: read it once
+                self.ignored.append(Path(root).relative_to(self.path).as_posix() + "/ (symlink loop)")
+                dirs[:] = []
+                continue
+            seen_dirs.add(real)
             dirs.sort()
             for name in sorted(files):
                 full = Path(root) / name
                 rel = full.relative_to(self.path).as_posix()
-                if not _is_hidden(rel):
+                if _is_hidden(rel):
+                    continue
+                try:
                     st = full.stat()
+                except OSError:  # a dangling symlink or a permission problem: named when it is read
+                    st = full.lstat()
+                    entries[rel] = (-1, st.st_mtime_ns)
+                    continue
+                if stat.S_ISREG(st.st_mode):
                     entries[rel] = (st.st_size, st.st_mtime_ns)
+                else:
+                    self.ignored.append(rel)  # a named pipe, socket or device: reading it could hang
         return entries
 
     @property
     def files(self) -> list[str]:
         return list(self._entries)
 
-    def read(self, rel: str) -> bytes:
+    def read(self, rel: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        """The bytes of one file; `UnreadableFile` with the reason for anything that cannot be read."""
         if self.kind == "zip":
-            entry = self._entries[rel]
-            return self._zip.read(entry)
-        return (self.path / rel).read_bytes()
+            info = self._entries[rel]  # lists the archive (and opens it) on first use
+            return read_zip_member(self._zip, info, max_bytes)
+        return read_regular_file(self.path / rel, max_bytes)
 
     def fingerprint(self) -> str:
         """A key that changes whenever the content changes: zip CRC-32s and sizes, or folder sizes and mtimes."""
@@ -124,15 +211,17 @@ class Layout:
     csv_path: str | None
     n_csv_rows: int = 0
     csv_rows_without_image: int = 0
-    ignored_files: list[str] = field(default_factory=list)  # non-image files and images outside class folders
+    ignored_files: list[str] = field(default_factory=list)  # non-image files, images outside class folders, specials
     folder_names: dict[str, str] = field(default_factory=dict)  # folder name as found -> canonical class
+    csv_error: str | None = None  # why labels.csv cannot be used (CSV labels are then empty)
+    warnings: list[str] = field(default_factory=list)  # counted, named problems that did not stop the scan
 
 
 def scan(source: Source) -> Layout:
     """Find the images, their class folders and the labels CSV; fail with one clear message on bad layouts."""
     csvs = [f for f in source.files if PurePosixPath(f).name.lower() == LABELS_CSV]
     csv_path = min(csvs, key=lambda f: (f.count("/"), f)) if csvs else None
-    paths, folder_labels, ignored = [], [], []
+    paths, folder_labels, ignored = [], [], list(source.ignored)
     unknown: dict[str, int] = {}
     folder_names: dict[str, str] = {}
     for rel in source.files:
@@ -161,47 +250,92 @@ def scan(source: Source) -> Layout:
     if not paths:
         raise EmodetectError(f"no images found in {source.path} (expected <class>/<image> folders)")
     layout = Layout(paths, folder_labels, {}, {}, csv_path, ignored_files=ignored, folder_names=folder_names)
+    if source.ignored:
+        layout.warnings.append(f"ignored {len(source.ignored)} special files or symlink loops (named pipes, "
+                               f"sockets, devices): {_sample(source.ignored)}")  # fmt: skip
     if csv_path is not None:
-        _read_labels_csv(source, csv_path, layout)
+        try:
+            _read_labels_csv(source, csv_path, layout)
+        except EmodetectError as exc:  # only a caller that asks for CSV labels is stopped by it
+            layout.csv_error = str(exc)
+            layout.csv_labels, layout.relfcs, layout.n_csv_rows, layout.csv_rows_without_image = {}, {}, 0, 0
+            layout.warnings.append(f"labels.csv ignored: {exc}")
     return layout
+
+
+def _normalise_csv_path(raw: str) -> tuple[str, bool]:
+    """A CSV path in posix form without a leading './'; the flag says whether it had to be changed."""
+    path = raw.strip().replace("\\", "/")
+    while path.startswith("./"):
+        path = path[2:]
+    return path, path != raw
+
+
+def _sample(names, k: int = 3) -> str:
+    names = sorted(names)
+    return ", ".join(names[:k]) + (" ..." if len(names) > k else "")
 
 
 def _read_labels_csv(source: Source, csv_path: str, layout: Layout) -> None:
     root = PurePosixPath(csv_path).parent
     try:
-        text = source.read(csv_path).decode("utf-8-sig")
+        raw = source.read(csv_path, max_bytes=MAX_CSV_BYTES)
+        text = raw.decode("utf-8-sig")
+    except UnreadableFile as exc:
+        raise EmodetectError(f"cannot read {csv_path}: {exc}") from None
     except UnicodeDecodeError:
         raise EmodetectError(f"malformed {csv_path}: not UTF-8 text") from None
     reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None:
-        raise EmodetectError(f"malformed {csv_path}: the file is empty")
-    cols = {name.strip(): i for i, name in enumerate(header)}
-    if "pth" not in cols or "label" not in cols:
-        raise EmodetectError(f"malformed {csv_path}: needs columns 'pth' and 'label', found {header}")
-    i_pth, i_label, i_rel = cols["pth"], cols["label"], cols.get("relFCs")
-    known = set(layout.paths)
-    n_rows = 0
-    for line_no, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        n_rows += 1
-        if len(row) != len(header):
-            raise EmodetectError(f"malformed {csv_path}: line {line_no} has {len(row)} fields, header has {len(header)}")
-        label = canonical_label(row[i_label])
-        if label is None:
-            raise EmodetectError(f"malformed {csv_path}: line {line_no} has unknown label {row[i_label]!r}")
-        path = str(root / row[i_pth]) if str(root) != "." else row[i_pth]
-        if path not in known:
-            layout.csv_rows_without_image += 1
-            continue
-        layout.csv_labels[path] = label
-        if i_rel is not None and row[i_rel].strip():
-            try:
-                value = float(row[i_rel])
-            except ValueError:
-                raise EmodetectError(f"malformed {csv_path}: line {line_no} has relFCs {row[i_rel]!r}") from None
-            if not math.isfinite(value):
-                raise EmodetectError(f"malformed {csv_path}: line {line_no} has relFCs {row[i_rel]!r}")
-            layout.relfcs[path] = value
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise EmodetectError(f"malformed {csv_path}: the file is empty")
+        cols = {name.strip(): i for i, name in enumerate(header)}
+        if "pth" not in cols or "label" not in cols:
+            raise EmodetectError(f"malformed {csv_path}: needs columns 'pth' and 'label', found {header[:10]}")
+        i_pth, i_label, i_rel = cols["pth"], cols["label"], cols.get("relFCs")
+        known = set(layout.paths)
+        n_rows, missing, changed = 0, [], 0
+        seen: dict[str, str] = {}
+        conflicts: set[str] = set()
+        for line_no, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            n_rows += 1
+            if len(row) != len(header):
+                raise EmodetectError(f"malformed {csv_path}: line {line_no} has {len(row)} fields, header has {len(header)}")
+            label = canonical_label(row[i_label])
+            if label is None:
+                raise EmodetectError(f"malformed {csv_path}: line {line_no} has unknown label {row[i_label][:40]!r}")
+            rel, was_changed = _normalise_csv_path(row[i_pth])
+            changed += was_changed
+            path = str(root / rel) if str(root) != "." else rel
+            if path not in known:
+                missing.append(path[:120])
+                continue
+            if path in seen and seen[path] != label:
+                conflicts.add(path)
+            seen[path] = label
+            layout.csv_labels[path] = label
+            if i_rel is not None and row[i_rel].strip():
+                try:
+                    value = float(row[i_rel])
+                except ValueError:
+                    raise EmodetectError(f"malformed {csv_path}: line {line_no} has relFCs {row[i_rel][:40]!r}") from None
+                if not math.isfinite(value):
+                    raise EmodetectError(f"malformed {csv_path}: line {line_no} has relFCs {row[i_rel]!r}")
+                layout.relfcs[path] = value
+    except csv.Error as exc:  # e.g. a field over csv.field_size_limit(), a NUL byte
+        raise EmodetectError(f"malformed {csv_path}: line {reader.line_num}: {exc}") from None
+    for path in conflicts:  # contradictory rows: no CSV label is better than a guessed one
+        layout.csv_labels.pop(path, None)
+        layout.relfcs.pop(path, None)
     layout.n_csv_rows = n_rows
+    layout.csv_rows_without_image = len(missing)
+    if conflicts:
+        layout.warnings.append(f"{csv_path}: {len(conflicts)} images have rows with different labels; their CSV "
+                               f"label is left out: {_sample(conflicts)}")  # fmt: skip
+    if missing:
+        layout.warnings.append(f"{csv_path}: {len(missing)} rows name no image of the dataset: {_sample(missing)}")
+    if changed:
+        layout.warnings.append(f"{csv_path}: {changed} paths written with './' or backslashes were normalised")
