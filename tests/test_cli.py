@@ -36,6 +36,7 @@ def test_audit_writes_report(tmp_path, tiny_zip, capsys):
 
 @pytest.mark.parametrize("problem", ["missing", "unknown_class", "bad_csv", "empty"])
 def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, problem):
+    extra = ["--label-source", "csv"] if problem == "bad_csv" else []  # a bad CSV only stops CSV labels
     data = tmp_path / "d"
     if problem == "unknown_class":
         make_dataset(data, n_per_class=1, classes=("anger", "grumpy"), with_csv=False)
@@ -44,7 +45,7 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, problem):
         (data / "labels.csv").write_text("nothing,useful\n1,2\n")
     elif problem == "empty":
         data.mkdir()
-    result = run_cli("ingest", data, "--cache-dir", tmp_path / "c")
+    result = run_cli("ingest", data, "--cache-dir", tmp_path / "c", *extra)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("emodetect: error:"), result.stderr

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from emodetect.config import TrainConfig
-from emodetect.data.transforms import Augment, Preprocess, augment_batch, to_model_input
+from emodetect.config import Augment, TrainConfig
+from emodetect.data.transforms import Preprocess, augment_batch, to_model_input
 from emodetect.errors import EmodetectError
 from emodetect.training import class_weights, fit
 

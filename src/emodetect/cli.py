@@ -4,11 +4,40 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from emodetect import __version__
 from emodetect.errors import EmodetectError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (usage is one `--help` away), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+def _folder_arg(path: Path | None, flag: str) -> None:
+    """A folder the command will write into: it may not exist yet, but it must not be a file."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise EmodetectError(f"{flag} {path} is a file; give a folder")
+
+
+def _print_warnings(info: dict) -> None:
+    for w in info.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def _add_data_options(p: argparse.ArgumentParser, mode_default: str | None = "gray") -> None:
@@ -19,7 +48,7 @@ def _add_data_options(p: argparse.ArgumentParser, mode_default: str | None = "gr
                    help="drop low-detail images whose relFCs is above X")  # fmt: skip
     if mode_default is not None:
         g.add_argument("--mode", choices=("gray", "rgb"), default=mode_default, help="colour mode of the cache")
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the stored train/val/test split (default 0)")
+    g.add_argument("--split-seed", type=_seed, default=0, help="seed of the stored train/val/test split (default 0)")
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="where decoded images are cached (default $EMODETECT_CACHE or ~/.cache/emodetect)")  # fmt: skip
 
@@ -42,6 +71,7 @@ def cmd_ingest(args) -> int:
 
     ds = load_dataset(args.data, **_data_kwargs(args))
     info = ds.info
+    _print_warnings(info)
     counts = {s: ds.subset(s).class_counts() for s in SPLITS}
     print(f"{'loaded from cache' if info['from_cache'] else 'ingested'} {len(ds):,} images "
           f"({info['mode']}, {info['size']}x{info['size']}, labels: {info['label_source']}) in {info['seconds']:.2f} s")  # fmt: skip
@@ -57,8 +87,12 @@ def cmd_ingest(args) -> int:
     if info["n_dropped_relfcs"]:
         print(f"dropped {info['n_dropped_relfcs']:,} images with relFCs > {info['relfcs_max']}")
     if info["unreadable"]:
-        names = ", ".join(info["unreadable"][:10]) + (" ..." if len(info["unreadable"]) > 10 else "")
-        print(f"skipped {len(info['unreadable'])} unreadable images: {names}")
+        reasons = info.get("unreadable_reasons") or dict.fromkeys(info["unreadable"], "unreadable")
+        print(f"skipped {len(reasons)} unreadable images:")
+        for path, why in list(reasons.items())[:10]:
+            print(f"  {path}: {why}")
+        if len(reasons) > 10:
+            print(f"  ... and {len(reasons) - 10} more")
     if info["n_ignored_files"]:
         print(f"ignored {info['n_ignored_files']} non-image files or images outside class folders")
     return 0
@@ -68,7 +102,9 @@ def cmd_audit(args) -> int:
     from emodetect.data import load_dataset
     from emodetect.data.audit import write_audit
 
+    _folder_arg(args.out, "--out")
     ds = load_dataset(args.data, mode="gray", seed=args.split_seed, cache_dir=args.cache_dir)
+    _print_warnings(ds.info)
     audit = write_audit(ds, args.out)
     if args.json:
         print(json.dumps(audit, indent=2))
@@ -95,6 +131,7 @@ def cmd_train(args) -> int:
     from emodetect.config import load_json, parse_overrides
     from emodetect.runs import train
 
+    _folder_arg(args.out, "--out")
     params = load_json(args.config) if args.config else {}
     params.update(parse_overrides(args.set))
     result = train(args.model, args.data, args.out, params=params, data_cfg=_data_config(args), resume=args.resume,
@@ -139,6 +176,7 @@ def cmd_study(args) -> int:
     from emodetect.config import load_json
     from emodetect.study import run_study
 
+    _folder_arg(args.out, "--out")
     config = load_json(args.config) if args.config else None
     result = run_study(args.data, args.out, preset=args.preset, config=config, cache_dir=args.cache_dir)
     print(f"{'model':<20} {'accuracy':>9} {'macro-F1':>9}   (test split)")
@@ -155,9 +193,7 @@ def cmd_ship(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="emodetect", description="Facial emotion recognition: study, models and predictions."
-    )
+    parser = _Parser(prog="emodetect", description="Facial emotion recognition: study, models and predictions.")
     parser.add_argument("--version", action="version", version=f"emodetect {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -170,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path, help="Kaggle zip or a folder in the same layout")
     p.add_argument("--out", type=Path, required=True, help="output folder for audit.md, audit.json and plots")
     p.add_argument("--json", action="store_true", help="print the audit numbers as JSON")
-    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--split-seed", type=_seed, default=0)
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=cmd_audit)
 
@@ -229,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        _folder_arg(getattr(args, "cache_dir", None), "--cache-dir")
         return args.func(args)
     except EmodetectError as exc:
         print(f"emodetect: error: {exc}", file=sys.stderr)
@@ -236,6 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("emodetect: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("emodetect: error: out of memory", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: one line for the user, the traceback on request
+        if os.environ.get("EMODETECT_DEBUG"):
+            raise
+        print(f"emodetect: internal error: {type(exc).__name__}: {exc} (set EMODETECT_DEBUG=1 for the traceback "
+              "and please report it)", file=sys.stderr)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,13 +1,51 @@
-"""Configuration: one dataclass per stage; defaults < config file (JSON) < command line."""
+"""Configuration: one dataclass per stage; defaults < config file (JSON) < command line.
+
+Every value is checked when a config is built, so a bad option is one clear error before any work starts.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from emodetect.data.transforms import Augment
 from emodetect.errors import EmodetectError
+from emodetect.labels import canonical_label
+
+LABEL_SOURCES = ("folder", "csv")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "onecycle", "plateau", "constant")
+MONITORS = ("val_accuracy", "val_macro_f1")
+
+
+def _fail(owner: str, name: str, rule: str, value) -> None:
+    raise EmodetectError(f"{owner} option {name} must be {rule}, got {value!r}")
+
+
+def _number(owner, name, v, lo=-math.inf, hi=math.inf, lo_open=False) -> None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ok = ok and (v > lo if lo_open else v >= lo) and v <= hi
+    if not ok:
+        low = f"> {lo:g}" if lo_open else f">= {lo:g}"
+        _fail(owner, name, f"a number {low}" + (f" and <= {hi:g}" if hi < math.inf else ""), v)
+
+
+def _integer(owner, name, v, lo=0, hi=2**31, none_ok=False) -> None:
+    if v is None and none_ok:
+        return
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        _fail(owner, name, f"a whole number from {lo} to {hi}" + (" (or null)" if none_ok else ""), v)
+
+
+def _choice(owner, name, v, choices) -> None:
+    if v not in choices:
+        _fail(owner, name, f"one of {', '.join(choices)}", v)
+
+
+def _flag(owner, name, v) -> None:
+    if not isinstance(v, bool):
+        _fail(owner, name, "true or false", v)
 
 
 @dataclass(frozen=True)
@@ -16,6 +54,43 @@ class DataConfig:
     relfcs_max: float | None = None
     split_seed: int = 0
     limit_per_class: int | None = None  # keep at most this many train images per class (quick runs)
+
+    def __post_init__(self):
+        _choice("data", "label_source", self.label_source, LABEL_SOURCES)
+        if self.relfcs_max is not None:
+            _number("data", "relfcs_max", self.relfcs_max, 0, 1, lo_open=True)
+        _integer("data", "split_seed", self.split_seed)
+        _integer("data", "limit_per_class", self.limit_per_class, lo=1, none_ok=True)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """The train-time augmentation: random rotation, zoom, shift and horizontal flip, brightness/contrast jitter."""
+
+    rotation: float = 15.0  # degrees, uniform in [-r, r]
+    zoom: tuple[float, float] = (0.9, 1.15)  # > 1 zooms in
+    shift: float = 0.08  # fraction of the image size
+    flip: float = 0.5  # probability of a horizontal flip
+    brightness: float = 0.2  # additive, in [0, 1] pixel units
+    contrast: float = 0.2  # multiplicative around the image mean
+    erase: float = 0.0  # probability of erasing one random rectangle (cutout)
+
+    def __post_init__(self):
+        if not (isinstance(self.zoom, (list, tuple)) and len(self.zoom) == 2):
+            _fail("augment", "zoom", "two numbers [low, high]", self.zoom)
+        for z in self.zoom:
+            _number("augment", "zoom", z, 0, 10, lo_open=True)
+        if self.zoom[0] > self.zoom[1]:
+            _fail("augment", "zoom", "[low, high] with low <= high", self.zoom)
+        object.__setattr__(self, "zoom", tuple(self.zoom))
+        _number("augment", "rotation", self.rotation, 0, 180)
+        _number("augment", "shift", self.shift, 0, 1)
+        for name in ("flip", "brightness", "contrast", "erase"):
+            _number("augment", name, getattr(self, name), 0, 1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Augment:
+        return cls(**merge_dict(asdict(cls()), d, "augment"))
 
 
 @dataclass(frozen=True)
@@ -44,34 +119,79 @@ class TrainConfig:
     channels_last: bool = True
     tta_flip: bool = True  # average the logits of the image and its mirror at evaluation
 
+    def __post_init__(self):
+        o = "train"
+        if not isinstance(self.model, str):
+            _fail(o, "model", "a model name", self.model)
+        if not isinstance(self.model_kwargs, dict):
+            _fail(o, "model_kwargs", "an object", self.model_kwargs)
+        _integer(o, "image_size", self.image_size, lo=16, hi=512, none_ok=True)
+        _integer(o, "epochs", self.epochs, lo=1, hi=10_000)
+        _integer(o, "batch_size", self.batch_size, lo=1, hi=65_536)
+        _choice(o, "optimizer", self.optimizer, OPTIMIZERS)
+        _number(o, "lr", self.lr, 0, 10)
+        _number(o, "weight_decay", self.weight_decay, 0, 10)
+        _choice(o, "schedule", self.schedule, SCHEDULES)
+        _number(o, "warmup_epochs", self.warmup_epochs, 0, 10_000)
+        _number(o, "label_smoothing", self.label_smoothing, 0, 1)
+        if self.label_smoothing >= 1:
+            _fail(o, "label_smoothing", "below 1", self.label_smoothing)
+        _number(o, "mixup", self.mixup, 0, 100)
+        _integer(o, "patience", self.patience, lo=1, hi=10_000)
+        _choice(o, "monitor", self.monitor, MONITORS)
+        _integer(o, "seed", self.seed)
+        for name in ("class_weights", "bf16", "channels_last", "tta_flip"):
+            _flag(o, name, getattr(self, name))
+        if not isinstance(self.oversample, dict):
+            _fail(o, "oversample", 'an object such as {"disgust": 1.5}', self.oversample)
+        canon = {}
+        for name, factor in self.oversample.items():
+            c = canonical_label(str(name))
+            if c is None:
+                _fail(o, "oversample", "keyed by emotion names (aliases such as 'angry' are fine)", name)
+            _number(o, f"oversample[{name!r}]", factor, 0, 1000, lo_open=True)
+            canon[c] = float(factor)
+        object.__setattr__(self, "oversample", canon)
+        if not isinstance(self.augment, dict):
+            _fail(o, "augment", "an object of augmentation settings", self.augment)
+        object.__setattr__(self, "augment", asdict(Augment.from_dict(self.augment)))
+
     def augmentation(self) -> Augment:
-        return Augment(**{**asdict(Augment()), **self.augment})
+        return Augment(**self.augment)
 
 
-def _coerce(cls, values: dict):
-    names = {f.name for f in fields(cls)}
-    unknown = set(values) - names
+def merge_dict(base: dict, overrides: dict, owner: str) -> dict:
+    """`base` with `overrides` on top; a key that `base` does not have is an error naming the known keys."""
+    if not isinstance(overrides, dict):
+        raise EmodetectError(f"{owner} options must be an object, got {overrides!r}")
+    unknown = set(overrides) - set(base)
     if unknown:
-        raise EmodetectError(f"unknown {cls.__name__} option(s): {', '.join(sorted(unknown))}")
-    return cls(**values)
+        raise EmodetectError(f"unknown {owner} option(s): {', '.join(sorted(map(str, unknown)))}; "
+                             f"known: {', '.join(sorted(base))}")  # fmt: skip
+    return {**base, **overrides}
 
 
 def merge(base, overrides: dict):
-    """A copy of a config dataclass with `overrides` applied (unknown keys are an error)."""
+    """A copy of a config dataclass with `overrides` applied (unknown keys are an error), validated."""
     names = {f.name for f in fields(base)}
-    unknown = set(overrides) - names
-    if unknown:
-        raise EmodetectError(f"unknown {type(base).__name__} option(s): {', '.join(sorted(unknown))}")
+    merge_dict(dict.fromkeys(names), overrides, type(base).__name__)
     return replace(base, **overrides)
 
 
 def load_json(path: str | Path) -> dict:
+    """A JSON config file whose top level is an object."""
+    path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, a named pipe or a device: never read (it could hang)
+        raise EmodetectError(f"config file {path} is not a regular file")
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(path.read_text())
     except FileNotFoundError:
         raise EmodetectError(f"config file not found: {path}") from None
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise EmodetectError(f"config file {path} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise EmodetectError(f"config file {path} must hold a JSON object at the top, got {type(value).__name__}")
+    return value
 
 
 def parse_overrides(items: list[str] | None) -> dict:
@@ -83,6 +203,6 @@ def parse_overrides(items: list[str] | None) -> dict:
         key, value = item.split("=", 1)
         try:
             out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             out[key.strip()] = value
     return out

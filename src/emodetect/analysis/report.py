@@ -28,6 +28,8 @@ def embed_run(run_dir, data=None, split: str = "test", cache_dir=None, max_image
     ds = load_dataset(data, mode=artifact.preprocess.mode, label_source=artifact.meta.get("label_source", "folder"),
                       relfcs_max=d.get("relfcs_max"), seed=d.get("split_seed", 0), cache_dir=cache_dir,
                       progress=False).subset(split)  # fmt: skip
+    if len(ds) < 2:
+        raise EmodetectError(f"the {split} split of {data} has {len(ds)} images with these settings; nothing to embed")
     if max_images is not None and len(ds) > max_images:
         ds = ds.subset(np.random.default_rng(0).choice(len(ds), max_images, replace=False))
     emb = Predictor(artifact).embed(ds.images)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emodetect.config import Augment
+
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, the same weights OpenCV and Pillow use
 
 
@@ -36,6 +38,70 @@ class Preprocess:
     @classmethod
     def from_dict(cls, d: dict) -> Preprocess:
         return cls(size=int(d["size"]), mode=d["mode"], mean=tuple(d["mean"]), std=tuple(d["std"]))
+
+
+def as_image_batch(images) -> np.ndarray:
+    """Check and normalise what a user passes as face images: a uint8 (N, H, W) or (N, H, W, 3) array.
+
+    Accepted: uint8 (or other integer) arrays with values 0-255, and float arrays with values in [0, 1]
+    (scaled by 255 and rounded); a batch (N, H, W) gray or (N, H, W, 3) RGB, one face (H, W) or (H, W, 3),
+    and (..., 1) gray channels. An empty batch stays empty. Anything else raises one `ValueError` naming
+    the problem: NaN or out-of-range values, 4 channels, channels-first (N, C, H, W) arrays, bool, uint16.
+    """
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    try:
+        x = np.asarray(images)
+    except ValueError:
+        raise ValueError("images must be one array (faces of different sizes cannot form a batch)") from None
+    if x.size == 0:
+        if x.ndim >= 3 and 0 in x.shape[1:3]:
+            raise ValueError(f"images of size 0 ({x.shape})")
+        return np.zeros((0, 1, 1), np.uint8) if x.ndim < 3 else np.zeros((0, *x.shape[1:]), np.uint8)
+    kind = x.dtype.kind
+    if kind == "b":
+        raise ValueError("boolean arrays are not images; pass uint8 pixels 0-255 or floats in [0, 1]")
+    if x.dtype == np.uint16:
+        raise ValueError("uint16 pixels have no agreed 8-bit scale; convert to uint8 first, e.g. (img / 257).astype(np.uint8)")
+    if kind not in "uif":
+        raise ValueError(f"images must be numeric pixel arrays, got dtype {x.dtype}")
+    x = _as_nhw_c(x)
+    if kind == "f":
+        if not np.isfinite(x).all():
+            raise ValueError("images contain NaN or infinite values")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"float images must hold values in [0, 1], got {lo:g} to {hi:g} (pass uint8 for 0-255 pixels)")
+        return np.ascontiguousarray(np.rint(x * 255.0), np.uint8)
+    if x.dtype != np.uint8:
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(f"integer pixel values must lie in 0-255, got {lo} to {hi}")
+    return np.ascontiguousarray(x, np.uint8)
+
+
+def _as_nhw_c(x: np.ndarray) -> np.ndarray:
+    """Shapes -> (N, H, W) gray or (N, H, W, 3) RGB, or a ValueError naming what is wrong."""
+    if x.ndim == 2:
+        return x[None]
+    if x.ndim == 3:
+        if x.shape[-1] == 3:
+            return x[None]  # one RGB face
+        if x.shape[-1] == 1:
+            return x[None, ..., 0]
+        if x.shape[-1] == 4:
+            raise ValueError("4 channels (RGBA?) are not supported; drop the alpha channel: img[..., :3]")
+        return x  # (N, H, W) gray
+    if x.ndim == 4:
+        if x.shape[-1] == 3:
+            return x
+        if x.shape[-1] == 1:
+            return x[..., 0]
+        if x.shape[-1] == 4:
+            raise ValueError("4 channels (RGBA?) are not supported; drop the alpha channel: images[..., :3]")
+        if x.shape[1] in (1, 3):
+            raise ValueError(f"images of shape {x.shape} look channels-first (N, C, H, W); pass (N, H, W, C)")
+    raise ValueError(f"images must be (N, H, W) gray or (N, H, W, 3) RGB, or one (H, W[, 3]) face; got shape {x.shape}")
 
 
 def to_uint8_tensor(images: np.ndarray) -> torch.Tensor:
@@ -66,22 +132,6 @@ def to_model_input(images: np.ndarray | torch.Tensor, pre: Preprocess) -> torch.
     if x.shape[-1] != pre.size or x.shape[-2] != pre.size:
         x = F.interpolate(x, size=(pre.size, pre.size), mode="bilinear", align_corners=False, antialias=True)
     return normalize(x, pre).contiguous()
-
-
-@dataclass(frozen=True)
-class Augment:
-    """The train preset: random rotation, zoom, shift and horizontal flip, plus brightness/contrast jitter."""
-
-    rotation: float = 15.0  # degrees, uniform in [-r, r]
-    zoom: tuple[float, float] = (0.9, 1.15)  # > 1 zooms in
-    shift: float = 0.08  # fraction of the image size
-    flip: float = 0.5  # probability of a horizontal flip
-    brightness: float = 0.2  # additive, in [0, 1] pixel units
-    contrast: float = 0.2  # multiplicative around the image mean
-    erase: float = 0.0  # probability of erasing one random rectangle (cutout)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def augment_batch(

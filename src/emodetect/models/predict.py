@@ -7,7 +7,7 @@ import contextlib
 import numpy as np
 import torch
 
-from emodetect.data.transforms import Preprocess, to_model_input, to_uint8_tensor
+from emodetect.data.transforms import Preprocess, as_image_batch, to_model_input, to_uint8_tensor
 
 
 def _autocast(bf16: bool):
@@ -70,8 +70,15 @@ class Predictor:
         x = to_model_input(images, self.pre)
         return x.reshape(len(x), -1).numpy()
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        """(N, K) scores before the softmax (log-probabilities for pipelines that give probabilities)."""
+    def logits(self, images) -> np.ndarray:
+        """(N, K) scores before the softmax (log-probabilities for pipelines that give probabilities).
+
+        images: uint8 (N, H, W) gray or (N, H, W, 3) RGB faces (one face may drop the N), or floats in [0, 1];
+        anything else raises ValueError (see `emodetect.data.transforms.as_image_batch`).
+        """
+        images = as_image_batch(images)
+        if len(images) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
         if self.artifact.kind == "torch":
             return predict_logits(self.artifact.model, images, self.pre, batch_size=self.batch_size,
                                   tta_flip=self.tta_flip)  # fmt: skip
@@ -92,8 +99,9 @@ class Predictor:
     def predict(self, images: np.ndarray) -> np.ndarray:
         return self.logits(images).argmax(axis=1)
 
-    def embed(self, images: np.ndarray) -> np.ndarray:
+    def embed(self, images) -> np.ndarray:
         """The model's representation: a network's penultimate features, or a pipeline's classifier input."""
+        images = as_image_batch(images)
         if self.artifact.kind == "torch":
             return predict_logits(self.artifact.model, images, self.pre, batch_size=self.batch_size, features=True)
         from emodetect.models.classical import pipeline_embeddings

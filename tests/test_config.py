@@ -1,0 +1,98 @@
+"""Options are checked when a config is built: one clear error, before any work."""
+
+import pytest
+
+from emodetect.cli import main
+from emodetect.config import DataConfig, TrainConfig, load_json, merge, parse_overrides
+from emodetect.errors import EmodetectError
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"batch_size": 0}, "batch_size must be a whole number from 1"),
+    ({"lr": "abc"}, "lr must be a number"),
+    ({"epochs": 0}, "epochs must be a whole number from 1"),
+    ({"epochs": 2.5}, "epochs must be a whole number"),
+    ({"label_smoothing": 1.0}, "label_smoothing"),
+    ({"optimizer": "rmsprop"}, "optimizer must be one of adam, adamw, sgd"),
+    ({"monitor": "val_loss"}, "monitor"),
+    ({"oversample": {"grumpy": 2}}, "oversample"),
+    ({"oversample": {"fear": -1}}, "oversample"),
+    ({"augment": {"rotation": "lots"}}, "rotation"),
+    ({"augment": {"spin": 3}}, "unknown augment option"),
+    ({"augment": {"zoom": [1.2, 0.9]}}, "low <= high"),
+    ({"bf16": "yes"}, "true or false"),
+    ({"image_size": 30000}, "image_size"),
+    ({"nonsense": 1}, "unknown TrainConfig option"),
+])  # fmt: skip
+def test_bad_training_options_are_refused(override, message):
+    with pytest.raises(EmodetectError, match=message):
+        merge(TrainConfig(model="tiny"), override)
+
+
+def test_aliases_are_resolved_where_classes_are_named():
+    cfg = merge(TrainConfig(model="tiny"), {"oversample": {"angry": 2, "Happiness": 1.5}})
+    assert cfg.oversample == {"anger": 2.0, "happy": 1.5}
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"split_seed": -1}, "split_seed"), ({"label_source": "xml"}, "label_source"),
+    ({"relfcs_max": 0}, "relfcs_max"), ({"limit_per_class": 0}, "limit_per_class"),
+])  # fmt: skip
+def test_bad_data_options_are_refused(kw, message):
+    with pytest.raises(EmodetectError, match=message):
+        DataConfig(**kw)
+
+
+def test_config_files_must_hold_an_object(tmp_path):
+    for text in ("[1, 2]", "3", '"x"', "null"):
+        (tmp_path / "c.json").write_text(text)
+        with pytest.raises(EmodetectError, match="must hold a JSON object"):
+            load_json(tmp_path / "c.json")
+    assert parse_overrides(["lr=0.1", "name=abc", "augment={\"flip\": 0}"]) == {"lr": 0.1, "name": "abc",
+                                                                                "augment": {"flip": 0}}  # fmt: skip
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "tiny", "--data", "{data}", "--out", "{tmp}/run", "--set", "batch_size=0"],
+    ["train", "tiny", "--data", "{data}", "--out", "{tmp}/run", "--set", "lr=abc"],
+    ["train", "tiny", "--data", "{data}", "--out", "{tmp}/run", "--set", "epochs=0"],
+    ["train", "tiny", "--data", "{data}", "--out", "{tmp}/run", "--config", "{tmp}/list.json"],
+    ["ingest", "{data}", "--split-seed", "-1"],
+    ["ingest", "{data}", "--cache-dir", "{tmp}/file"],
+    ["audit", "{data}", "--out", "{tmp}/file"],
+    ["train", "tiny", "--data", "{data}", "--out", "{tmp}/file"],
+])  # fmt: skip
+def test_cli_option_errors_are_one_line_exit_2_and_do_no_work(tmp_path, tiny_zip, capsys, argv):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "list.json").write_text("[1]")
+    argv = [a.format(data=tiny_zip[0], tmp=tmp_path) for a in argv]
+    code = None
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "error:" in err[0], err
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_embed_on_an_empty_split_says_so(tmp_path, tiny_dataset, capsys):
+    from emodetect.runs import train
+
+    data = tiny_dataset.info["source"]
+    cache = tiny_dataset.info["cache"].rsplit("/", 1)[0]
+    run = tmp_path / "run"
+    train("tiny", data, run, params={"epochs": 1, "batch_size": 16}, cache_dir=cache, progress=False, log=lambda m: None)
+    assert main(["embed", str(run), "--cache-dir", cache, "--split", "test", "--data", str(data)]) == 0
+    capsys.readouterr()
+    import shutil
+
+    empty = tmp_path / "one"
+    shutil.copytree(data, empty)
+    for cls in list(empty.iterdir()):
+        if cls.is_dir() and cls.name != "anger":
+            shutil.rmtree(cls)
+    for f in sorted((empty / "anger").iterdir())[1:]:
+        f.unlink()
+    assert main(["embed", str(run), "--data", str(empty), "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "nothing to embed" in capsys.readouterr().err
