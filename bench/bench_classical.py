@@ -16,7 +16,7 @@ from pathlib import Path
 from sklearn.decomposition import PCA
 
 from emodetect.data import load_dataset
-from emodetect.data.transforms import to_model_input
+from emodetect.data.transforms import to_pixel_rows
 from emodetect.models import get_spec
 from emodetect.runs import train
 
@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     ds = load_dataset(args.data, progress=False)
     tr = ds.subset("train")
-    x = to_model_input(tr.images, get_spec("logreg").preprocess).reshape(len(tr), -1).numpy()
+    x = to_pixel_rows(tr.images, get_spec("logreg").preprocess)
     solver_rows = []
     if not args.skip_solvers:
         # "full" (LAPACK SVD of 17k x 9216) and "arpack" take many minutes here; they are timed on request only

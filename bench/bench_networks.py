@@ -16,18 +16,19 @@ import time
 
 import torch
 
-from emodetect.config import TrainConfig
 from emodetect.data.transforms import augment_batch
 from emodetect.models import create_model
 from emodetect.models.predict import predict_logits
-from emodetect.training.loop import _loss, resolve_preprocess, use_channels_last
+from emodetect.models.registry import resolve_model_config
+from emodetect.training.loop import masked_cross_entropy
 
 N_TRAIN = 17_490
 DEFAULT_MODELS = "cnn_seed,resnet,mini_xception,efficientnet_lite0@96,efficientnet_lite0@112"  # name[@input size]
 
 
-def train_steps(model, cfg, pre, batches, x_u8, y, pre_augmented=None) -> float:
+def train_steps(model, model_cfg, batches, x_u8, y, pre_augmented=None) -> float:
     """Median seconds per training step; with pre_augmented, the batches are ready-made tensors."""
+    cfg, pre = model_cfg.params, model_cfg.preprocess
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
     aug = cfg.augmentation()
     g = torch.Generator().manual_seed(0)
@@ -36,11 +37,11 @@ def train_steps(model, cfg, pre, batches, x_u8, y, pre_augmented=None) -> float:
     for i in range(batches + 2):
         t = time.perf_counter()
         x = pre_augmented[i % len(pre_augmented)] if pre_augmented is not None else augment_batch(x_u8, pre, aug, g)
-        if use_channels_last(cfg):
+        if model_cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             out = model(x)
-        loss = _loss(out, y, None, 0.0)
+        loss = masked_cross_entropy(out, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -60,16 +61,16 @@ def main() -> None:
     rows = []
     for entry in args.models.split(","):
         name, _, size = entry.partition("@")
-        cfg = TrainConfig(model=name, bf16=args.bf16, image_size=int(size) if size else None)
-        pre = resolve_preprocess(cfg)
+        model_cfg = resolve_model_config(name, {"bf16": args.bf16, "image_size": int(size) if size else None})
+        cfg, pre = model_cfg.params, model_cfg.preprocess
         model = create_model(name, pretrained=False)
-        if use_channels_last(cfg):
+        if model_cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         x_u8 = torch.randint(0, 256, (64, pre.channels, 96, 96), dtype=torch.uint8)  # the cache's size
         y = torch.randint(0, 8, (64,))
-        step = train_steps(model, cfg, pre, args.batches, x_u8, y)
+        step = train_steps(model, model_cfg, args.batches, x_u8, y)
         ready = [augment_batch(x_u8, pre, cfg.augmentation()) for _ in range(4)]
-        step_ready = train_steps(model, cfg, pre, args.batches, x_u8, y, pre_augmented=ready)
+        step_ready = train_steps(model, model_cfg, args.batches, x_u8, y, pre_augmented=ready)
         imgs = torch.randint(0, 256, (1024, pre.channels, 96, 96), dtype=torch.uint8)
         predict_logits(model, imgs[:256], pre)  # warm-up
         t = time.perf_counter()

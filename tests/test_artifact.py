@@ -36,9 +36,9 @@ def test_network_round_trip_predicts_the_same(tmp_path, tiny_dataset):
 def test_pipeline_round_trip_predicts_the_same(tmp_path, tiny_dataset):
     pre = get_spec("logreg").preprocess
     tr = tiny_dataset.subset("train")
-    from emodetect.data.transforms import to_model_input
+    from emodetect.data.transforms import to_pixel_rows
 
-    x = to_model_input(tr.images, pre).reshape(len(tr), -1).numpy()
+    x = to_pixel_rows(tr.images, pre)
     pipe = create_model("hog_lbp_svm").fit(x, tr.labels)
     art = load_artifact(save_pipeline(tmp_path / "p.skops", pipe, "hog_lbp_svm", pre, {"label_source": "csv"}))
     np.testing.assert_array_equal(art.model.predict(x), pipe.predict(x))
@@ -181,10 +181,10 @@ def test_the_crafted_payloads_are_live_under_a_trusting_loader(tmp_path, trick):
 
 
 def _fitted(name, tiny_dataset, **params):
-    from emodetect.data.transforms import to_model_input
+    from emodetect.data.transforms import to_pixel_rows
 
     tr = tiny_dataset.subset("train")
-    x = to_model_input(tr.images, get_spec(name).preprocess).reshape(len(tr), -1).numpy()
+    x = to_pixel_rows(tr.images, get_spec(name).preprocess)
     return create_model(name, **params).fit(x, tr.labels), x
 
 

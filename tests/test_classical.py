@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from emodetect.data.transforms import to_model_input
+from emodetect.data.transforms import to_pixel_rows
 from emodetect.models import create_model, get_spec
 from emodetect.models.classical import FaceFeatures, _uniform_lut, lbp_histograms, pipeline_embeddings
 
@@ -13,7 +13,7 @@ SMALL = {"logreg": {"pca__n_components": 20}, "random_forest": {"pca__n_componen
 
 def _xy(ds, split):
     d = ds.subset(split)
-    x = to_model_input(d.images, get_spec("logreg").preprocess).reshape(len(d), -1).numpy()
+    x = to_pixel_rows(d.images, get_spec("logreg").preprocess)
     return x, d.labels
 
 

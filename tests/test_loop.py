@@ -8,10 +8,18 @@ import torch
 from emodetect.config import Augment, TrainConfig
 from emodetect.data.transforms import Preprocess, augment_batch, to_model_input
 from emodetect.errors import EmodetectError
-from emodetect.training import class_weights, fit
+from emodetect.models.registry import resolve_model_config
+from emodetect.training import class_weights, fit_network
 
 TINY = TrainConfig(model="tiny", epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0, patience=5, bf16=False,
                    channels_last=False, seed=0)  # fmt: skip
+
+
+def fit(cfg: TrainConfig, *args, **kwargs):
+    """fit_network on a TrainConfig resolved the way runs resolve it; (model, history, info)."""
+    r = fit_network(resolve_model_config(cfg.model, {k: v for k, v in asdict(cfg).items() if k != "model"}),
+                    *args, **kwargs)  # fmt: skip
+    return r.model, r.history, r.info
 
 
 def _splits(ds):
@@ -100,3 +108,66 @@ def test_identity_augmentation_equals_the_eval_preset():
 def test_config_round_trips_through_json():
     again = TrainConfig(**json.loads(json.dumps(asdict(TINY))))
     assert json.dumps(asdict(again)) == json.dumps(asdict(TINY))
+
+
+# ------------------------------------------------------------------------------ several datasets at once
+from emodetect.training.loop import class_masks, masked_cross_entropy  # noqa: E402
+
+
+def test_masked_cross_entropy_is_cross_entropy_when_nothing_is_masked():
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(16, 8, generator=g), torch.randint(0, 8, (16,), generator=g)
+    weight = torch.rand(8, generator=g) + 0.5
+    for w, eps in ((None, 0.0), (weight, 0.0), (None, 0.1), (weight, 0.1)):
+        ref = torch.nn.functional.cross_entropy(logits, target, weight=w, label_smoothing=eps)
+        torch.testing.assert_close(masked_cross_entropy(logits, target, torch.ones(16, 8, dtype=torch.bool), w, eps), ref)
+
+
+def test_a_class_missing_from_a_dataset_gets_no_gradient_from_its_images():
+    """FER2013 has no contempt: its faces must not teach the model that contempt never occurs."""
+    logits = torch.randn(4, 8, requires_grad=True)
+    target = torch.tensor([0, 3, 4, 6])
+    mask = torch.ones(4, 8, dtype=torch.bool)
+    mask[:, 1] = False  # contempt (index 1) is not labelled by this dataset
+    loss = masked_cross_entropy(logits, target, mask)
+    loss.backward()
+    assert torch.all(logits.grad[:, 1] == 0)  # no push down on contempt: no false negatives
+    keep = [0, 2, 3, 4, 5, 6, 7]  # the same as a 7-class softmax over the dataset's own classes
+    ref = torch.nn.functional.cross_entropy(logits.detach()[:, keep], torch.tensor([0, 2, 3, 5]))
+    torch.testing.assert_close(loss.detach(), ref)
+    # with smoothing, the smoothed mass goes to the dataset's own classes only
+    logits.grad = None
+    masked_cross_entropy(logits, target, mask, smoothing=0.2).backward()
+    assert torch.all(logits.grad[:, 1] == 0)
+
+
+def test_class_masks_follow_each_dataset_s_own_classes():
+    labels = np.array([0, 1, 2, 0, 2, 3])
+    sources = np.array(["a", "a", "a", "b", "b", "b"], dtype=object)
+    m = class_masks(labels, sources, n_classes=4)
+    assert m[:3].tolist() == [[True, True, True, False]] * 3 and m[3:].tolist() == [[True, False, True, True]] * 3
+    assert class_masks(np.array([0, 1, 0, 1]), np.array(["a", "a", "b", "b"], dtype=object), n_classes=2) is None
+
+
+def test_training_on_two_datasets_with_different_classes(tmp_path):
+    from conftest import make_dataset
+    from emodetect.data import load_datasets
+    from emodetect.runs import load_splits
+
+    make_dataset(tmp_path / "full", n_per_class=24, seed=1)
+    make_dataset(tmp_path / "fer", n_per_class=24, seed=2, classes=("angry", "disgust", "fear", "happy", "neutral",
+                                                                    "sad", "surprise"), with_csv=False)  # fmt: skip
+    data = [f"full={tmp_path / 'full'}", f"fer={tmp_path / 'fer'}"]
+    ds = load_datasets(data, cache_dir=tmp_path / "c", progress=False)
+    assert set(ds.sources) == {"full", "fer"} and len(ds) == 24 * 15
+    assert ds.info["sources"]["fer"]["split_id"] != ds.info["sources"]["full"]["split_id"]  # each its own split
+    from emodetect.config import DataConfig
+
+    _, tr, va, _ = load_splits(data, DataConfig(), "gray", cache_dir=tmp_path / "c", progress=False)
+    cfg = resolve_model_config("tiny", {"epochs": 2, "batch_size": 16, "warmup_epochs": 0, "channels_last": False,
+                                        "source_weights": {"fer": 0.5}})  # fmt: skip
+    r = fit_network(cfg, tr, va, progress=False, log=lambda m: None)
+    assert {"val_accuracy_full", "val_accuracy_fer"} <= set(r.history[-1])
+    bad = resolve_model_config("tiny", {"epochs": 1, "source_weights": {"affectnet": 2}})
+    with pytest.raises(EmodetectError, match="unknown dataset"):
+        fit_network(bad, tr, va, progress=False, log=lambda m: None)

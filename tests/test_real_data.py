@@ -55,3 +55,21 @@ def test_stored_split_is_stratified_and_round_trips(real_gray, real_zip, real_ca
     assert (csv.labels == real_gray.labels[real_gray.manifest["csv_label"] != ""]).mean() == pytest.approx(
         0.6436, abs=1e-3
     )
+
+
+def _digest(a) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(a).astype(np.int64).tobytes()).hexdigest()[:16]
+
+
+def test_duplicate_groups_and_split_are_those_of_the_all_pairs_search(real_gray):
+    """The scalable duplicate search gives the very groups, and so the very split, of the original all-pairs
+    search (digests recorded from a cache built by it)."""
+    assert np.bincount(real_gray.split).tolist() == [17490, 2187, 2184]
+    assert _digest(real_gray.manifest["exact_group"]) == "88d3b03fcf76c70e"
+    assert _digest(real_gray.manifest["dup_group"]) == "c3553f793dbf0bca"
+    assert _digest(real_gray.split) == "777a503e4fc41524"
+    stats = real_gray.info["dedup"]
+    if stats:  # built in this session: every image has at most 32 candidates
+        assert stats["n_candidates"] <= 32 * len(real_gray) and stats["n_verified"] <= stats["n_candidates"]

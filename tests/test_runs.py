@@ -65,3 +65,26 @@ def test_classical_run_and_unknown_names(tiny_dataset, tmp_path):
 def test_missing_model_file_is_a_clear_cli_error(tmp_path, tiny_dataset, capsys):
     rc = main(["evaluate", "--model", str(tmp_path / "missing.safetensors"), "--data", tiny_dataset.info["source"]])
     assert rc == 2 and "model file not found" in capsys.readouterr().err
+
+
+def test_metrics_have_sources_formats_and_robustness(tiny_run):
+    from emodetect.data.transforms import CORRUPTIONS
+
+    out, _, _, result = tiny_run
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["robustness"]) == {"clean", *CORRUPTIONS}
+    assert m["robustness"]["clean"]["accuracy"] == pytest.approx(m["test"]["accuracy"])
+    assert set(m["test"]["by_format"]) == {"jpeg", "png"} and list(m["test"]["by_source"]) == ["data"]
+
+
+def test_evaluate_corruptions_scores_each_corruption(tiny_run, capsys):
+    from emodetect.data.transforms import CORRUPTIONS
+
+    out, data, cache, _ = tiny_run
+    assert main(["evaluate", "--model", str(out), "--data", data, "--corruptions", "--json", "--cache-dir", cache]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert set(m["robustness"]) == {"clean", *CORRUPTIONS}
+    assert m["robustness"]["clean"]["accuracy"] == pytest.approx(m["accuracy"])
+    assert main(["evaluate", "--model", str(out), "--data", data, "--corruptions", "--cache-dir", cache]) == 0
+    text = capsys.readouterr().out
+    assert "lowres48" in text and "points" in text and "by file format" in text

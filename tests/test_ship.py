@@ -24,9 +24,31 @@ def test_ship_writes_a_float16_model_and_a_card(tmp_path, tiny_dataset):
     assert isinstance(shipped, Predictor) and shipped.artifact.meta["dtype"] == "float16"
     assert card["fp16_agreement_with_fp32"] > 0.95
     text = (tmp_path / "weights" / "MODEL_CARD.md").read_text()
-    for part in ("## Test-split metrics", "| class | precision", "File-format shortcut", "## Licences",
+    for part in ("## Test-split metrics", "| class | precision", "Accuracy differs by file format", "## Licences",
                  "emodetect train tiny ..."):  # fmt: skip
         assert part in text
+
+
+def test_the_card_states_what_is_true_of_the_model_it_is_given(tmp_path, tiny_dataset):
+    """Shipped from a tiny run, the card says the tiny model's own input size, settings, machine and licences."""
+    from emodetect.runs import train
+
+    data = tiny_dataset.info["source"]
+    cache = tiny_dataset.info["cache"].rsplit("/", 1)[0]
+    params = {"epochs": 2, "batch_size": 16, "warmup_epochs": 0, "tta_flip": False, "seed": 7, "patience": 3,
+              "monitor": "val_macro_f1"}  # fmt: skip
+    train("tiny", data, tmp_path / "run", params=params, cache_dir=cache, progress=False, log=lambda m: None)
+    ship(tmp_path / "run", tmp_path / "w", cache_dir=cache, log=lambda m: None)
+    text = (tmp_path / "w" / "MODEL_CARD.md").read_text()
+    assert "resized to 32x32 GRAY" in text and "112" not in text.split("## Training")[0]
+    assert "test-time augmentation: none" in text and "mirror" not in text
+    assert "seed 7" in text and "early stopping on val macro f1 (patience 3)" in text
+    assert "trained from scratch (no pretrained weights)" in text
+    assert "Apache" not in text and "ImageNet" not in text  # EfficientNet's licence is not the tiny model's
+    import os
+
+    assert f"({os.cpu_count()} cores" in text and "a dataset this project does not know" in text
+    assert "check the terms of your data" in text
 
 
 @pytest.mark.real_data

@@ -31,7 +31,8 @@ def test_config_errors_are_caught_before_any_work():
     with pytest.raises(EmodetectError, match="unknown key 'model'"):
         resolve_study_config("quick", {"model": {}})
     cfg = resolve_study_config("full", {"models": {"random_forest": None, "cnn_seed": {"epochs": 3}}})
-    assert "random_forest" not in cfg["models"] and cfg["models"]["cnn_seed"]["epochs"] == 3
+    assert "random_forest" not in cfg.raw["models"] and cfg.raw["models"]["cnn_seed"]["epochs"] == 3
+    assert cfg.models["cnn_seed"].params.epochs == 3  # resolved once, passed down as is
 
 
 def test_cli_study_bad_input_is_one_line(tmp_path, capsys):
@@ -79,7 +80,7 @@ def test_rerun_reuses_finished_stages_and_redoes_changed_ones(tiny_study, monkey
     (out / "ensembles" / "stage.json").unlink()  # ... and during the ensembles
     calls = []
     real_train = runs.train
-    monkeypatch.setattr(runs, "train", lambda model, *a, **k: calls.append(model) or real_train(model, *a, **k))
+    monkeypatch.setattr(runs, "train", lambda model, *a, **k: calls.append(model.name) or real_train(model, *a, **k))
     second = run_study(data, out, preset="quick", config=TINY, cache_dir=cache, log=lambda m: None)
     assert calls == []  # no model retrained
     assert (out / "report.md").exists() and "cnn_svm" in second["ensembles"]
@@ -103,4 +104,5 @@ def test_quick_preset_end_to_end_on_the_real_zip(tmp_path, real_zip, real_cache)
     assert result["audit"]["n_images"] == 21861
     # rendered faces and the file-format check come from the user's data at run time
     assert (tmp_path / "quick" / "figures" / "confused_faces.png").stat().st_size > 0
-    assert set(result["format_accuracy"]) >= {"jpeg", "png"}
+    best = max(result["models"], key=lambda n: result["models"][n]["val"]["accuracy"])
+    assert set(result["models"][best]["test"]["by_format"]) >= {"jpeg", "png"}

@@ -129,12 +129,16 @@ def _data_config(args):
 
 def cmd_train(args) -> int:
     from emodetect.config import load_json, parse_overrides
+    from emodetect.data.dataset import parse_sources
+    from emodetect.models.registry import resolve_model_config
     from emodetect.runs import train
 
     _folder_arg(args.out, "--out")
     params = load_json(args.config) if args.config else {}
     params.update(parse_overrides(args.set))
-    result = train(args.model, args.data, args.out, params=params, data_cfg=_data_config(args), resume=args.resume,
+    model = resolve_model_config(args.model, params)  # every option checked before any data is read
+    data_cfg = _data_config(args)
+    result = train(model, parse_sources(args.data), args.out, data_cfg=data_cfg, resume=args.resume,
                    cache_dir=args.cache_dir)  # fmt: skip
     for split in ("val", "test"):
         m = result[split]
@@ -145,10 +149,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from emodetect.evaluation.evaluate import evaluate_model
+    from emodetect.data.dataset import parse_sources
+    from emodetect.runs import evaluate_model
 
-    result = evaluate_model(args.model, args.data, split=args.split, label_source=args.label_source,
-                            relfcs_max=args.relfcs_max, split_seed=args.split_seed, cache_dir=args.cache_dir,
+    result = evaluate_model(args.model, parse_sources(args.data), split=args.split, data_cfg=_data_config(args),
+                            cache_dir=args.cache_dir, corruptions=args.corruptions,
                             log=lambda msg: print(msg, file=sys.stderr))  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2))
@@ -158,11 +163,20 @@ def cmd_evaluate(args) -> int:
               f"macro-F1 {result['macro_f1']:.4f}")  # fmt: skip
         for c, v in result["per_class"].items():
             print(f"  {c:<9} precision {v['precision']:.3f}  recall {v['recall']:.3f}  f1 {v['f1']:.3f}  n={v['support']}")
+        if len(result["by_source"]) > 1:
+            print("  by dataset: " + ", ".join(f"{s} {v['accuracy']:.4f} (n={v['n_images']:,})"
+                                               for s, v in result["by_source"].items()))  # fmt: skip
+        if len(result["by_format"]) > 1:
+            print("  by file format: " + ", ".join(f"{f} {v['accuracy']:.4f} (n={v['n']:,})"
+                                                   for f, v in result["by_format"].items()))  # fmt: skip
+        for name, v in result.get("robustness", {}).items():
+            change = v["accuracy"] - result["robustness"]["clean"]["accuracy"]
+            print(f"  {name:<10} accuracy {v['accuracy']:.4f} ({100 * change:+.1f} points)")
     return 0
 
 
 def cmd_embed(args) -> int:
-    from emodetect.analysis.report import embed_run
+    from emodetect.runs import embed_run
 
     result = embed_run(args.run_dir, data=args.data, split=args.split, cache_dir=args.cache_dir)
     print(f"{result['model']} {result['split']} embeddings ({result['n_images']:,} images, {result['dims']} dims): "
@@ -188,7 +202,8 @@ def cmd_study(args) -> int:
 def cmd_ship(args) -> int:
     from emodetect.ship import WEIGHTS_DIR, ship
 
-    ship(args.run_dir, args.dest or WEIGHTS_DIR, data=args.data, cache_dir=args.cache_dir, command=args.command_note or "")
+    ship(args.run_dir, args.dest or WEIGHTS_DIR, name=args.name, data=args.data, cache_dir=args.cache_dir,
+         command=args.command_note or "")
     return 0
 
 
@@ -212,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model by name; writes the model, metrics and plots to --out")
     p.add_argument("model", help="model name, e.g. logreg, random_forest, mlp, hog_lbp_svm, cnn_seed")
-    p.add_argument("--data", type=Path, required=True, help="Kaggle zip or a folder in the same layout")
+    p.add_argument("--data", action="append", required=True, metavar="[NAME=]DATA",
+                   help="Kaggle zip or a folder in the same layout; repeat it to train on several datasets at once")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument("--config", type=Path, help="JSON file of hyperparameters")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -223,11 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a model on a dataset (default: the shipped model)")
-    p.add_argument("--model", type=Path, default=None, help="model file (.safetensors or .skops) or run directory")
-    p.add_argument("--data", type=Path, required=True, help="Kaggle zip or a folder in the same layout")
+    p.add_argument("--model", default=None, help="a shipped model (default, fast), a model file (.safetensors, .skops) "
+                                                  "or a run directory (default: the shipped default model)")  # fmt: skip
+    p.add_argument("--data", action="append", required=True, metavar="[NAME=]DATA",
+                   help="Kaggle zip or a folder in the same layout; repeat it to score several datasets as one")  # fmt: skip
     p.add_argument("--split", choices=("auto", "all", "train", "val", "test"), default="auto",
                    help="images to score; auto: the test split for the model's own training data, else all")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--corruptions", action="store_true",
+                   help="also score under grayscale, 48 px, JPEG 30, blur, noise, rotation and off-centre framing")  # fmt: skip
     _add_data_options(p, mode_default=None)
     p.set_defaults(func=cmd_evaluate)
 
@@ -251,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ship", help="make a finished network run the package's default model (float16 + model card)")
     p.add_argument("run_dir", type=Path, help="a run directory written by `emodetect train`")
     p.add_argument("--dest", type=Path, default=None, help="weights folder (default: the installed package's)")
+    p.add_argument("--name", choices=("default", "fast"), default="default", help="which shipped model to replace")
     p.add_argument("--data", type=Path, default=None, help="dataset (default: the one the run was trained on)")
     p.add_argument("--command-note", default=None, metavar="TEXT", help="the training command, quoted in the model card")
     p.add_argument("--cache-dir", type=Path, default=None)

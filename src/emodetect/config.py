@@ -63,9 +63,24 @@ class DataConfig:
         _integer("data", "limit_per_class", self.limit_per_class, lo=1, none_ok=True)
 
 
+def _range(owner, name, v, lo, hi) -> tuple:
+    if not (isinstance(v, (list, tuple)) and len(v) == 2):
+        _fail(owner, name, "two numbers [low, high]", v)
+    for x in v:
+        _number(owner, name, x, lo, hi)
+    if v[0] > v[1]:
+        _fail(owner, name, "[low, high] with low <= high", v)
+    return tuple(v)
+
+
 @dataclass(frozen=True)
 class Augment:
-    """The train-time augmentation: random rotation, zoom, shift and horizontal flip, brightness/contrast jitter."""
+    """The train-time augmentation, applied to whole batches (see `emodetect.data.transforms.augment_batch`).
+
+    Geometry: rotation, zoom, shift (framing jitter) and horizontal flip. Photometric: brightness, contrast
+    and saturation jitter. Against source shortcuts (each a probability per image; 0 turns it off): turning
+    an image gray, down-and-up sampling to a few dozen pixels, JPEG re-encoding, Gaussian blur. Cutout.
+    """
 
     rotation: float = 15.0  # degrees, uniform in [-r, r]
     zoom: tuple[float, float] = (0.9, 1.15)  # > 1 zooms in
@@ -73,19 +88,24 @@ class Augment:
     flip: float = 0.5  # probability of a horizontal flip
     brightness: float = 0.2  # additive, in [0, 1] pixel units
     contrast: float = 0.2  # multiplicative around the image mean
+    saturation: float = 0.0  # factor uniform in [1 - s, 1 + s] around each pixel's gray value
     erase: float = 0.0  # probability of erasing one random rectangle (cutout)
+    grayscale: float = 0.0  # probability of turning an image gray
+    lowres: float = 0.0  # probability of down-and-up sampling to a side uniform in lowres_px
+    lowres_px: tuple[int, int] = (32, 64)
+    jpeg: float = 0.0  # probability of re-encoding as JPEG at a quality uniform in jpeg_quality
+    jpeg_quality: tuple[int, int] = (30, 90)
+    blur: float = 0.0  # probability of a Gaussian blur with sigma (in pixels of the model input) in blur_sigma
+    blur_sigma: tuple[float, float] = (0.5, 1.5)
 
     def __post_init__(self):
-        if not (isinstance(self.zoom, (list, tuple)) and len(self.zoom) == 2):
-            _fail("augment", "zoom", "two numbers [low, high]", self.zoom)
-        for z in self.zoom:
-            _number("augment", "zoom", z, 0, 10, lo_open=True)
-        if self.zoom[0] > self.zoom[1]:
-            _fail("augment", "zoom", "[low, high] with low <= high", self.zoom)
-        object.__setattr__(self, "zoom", tuple(self.zoom))
+        object.__setattr__(self, "zoom", _range("augment", "zoom", self.zoom, 0.01, 10))
+        object.__setattr__(self, "lowres_px", _range("augment", "lowres_px", self.lowres_px, 4, 512))
+        object.__setattr__(self, "jpeg_quality", _range("augment", "jpeg_quality", self.jpeg_quality, 1, 100))
+        object.__setattr__(self, "blur_sigma", _range("augment", "blur_sigma", self.blur_sigma, 0.01, 20))
         _number("augment", "rotation", self.rotation, 0, 180)
         _number("augment", "shift", self.shift, 0, 1)
-        for name in ("flip", "brightness", "contrast", "erase"):
+        for name in ("flip", "brightness", "contrast", "saturation", "erase", "grayscale", "lowres", "jpeg", "blur"):
             _number("augment", name, getattr(self, name), 0, 1)
 
     @classmethod
@@ -111,6 +131,7 @@ class TrainConfig:
     mixup: float = 0.0  # Beta(alpha, alpha) mixing; 0 turns it off
     class_weights: bool = True  # balanced weights from the train split's labels
     oversample: dict = field(default_factory=dict)  # class name -> sampling factor (>1 shows it more often)
+    source_weights: dict = field(default_factory=dict)  # dataset name -> sampling factor of its images
     augment: dict = field(default_factory=lambda: asdict(Augment()))
     patience: int = 8  # early stopping: epochs without improvement of `monitor`
     monitor: str = "val_accuracy"
@@ -152,6 +173,10 @@ class TrainConfig:
             _number(o, f"oversample[{name!r}]", factor, 0, 1000, lo_open=True)
             canon[c] = float(factor)
         object.__setattr__(self, "oversample", canon)
+        if not isinstance(self.source_weights, dict):
+            _fail(o, "source_weights", 'an object such as {"fer2013-train": 0.5}', self.source_weights)
+        for name, factor in self.source_weights.items():
+            _number(o, f"source_weights[{name!r}]", factor, 0, 1000, lo_open=True)
         if not isinstance(self.augment, dict):
             _fail(o, "augment", "an object of augmentation settings", self.augment)
         object.__setattr__(self, "augment", asdict(Augment.from_dict(self.augment)))

@@ -1,185 +1,137 @@
-"""Train a model by name into a run directory: data -> fit -> artifact -> evaluation -> files.
+"""Runs: train a model by name into a run folder, and everything that reads a run folder back.
 
-A run directory holds the model file, `metrics.json` (val and test), `config.json`, `predictions.csv`
-(per-image labels and probabilities, no pixels) and plots.
+A run folder holds the model file, `metrics.json` (val and test, overall, per source dataset and per file
+format), `predictions.csv` (per-image labels and probabilities, no pixels) and plots. Orchestration only:
+fitting, evaluating, calibrating and drawing live in the layers below.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 import time
-import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
 
-from emodetect.config import DataConfig, TrainConfig, merge
-from emodetect.data import Dataset, load_dataset
+from emodetect import plots
+from emodetect.config import DataConfig
+from emodetect.data import Dataset, load_datasets
 from emodetect.data.split import SPLITS
 from emodetect.errors import EmodetectError
-from emodetect.evaluation.metrics import classification_metrics
+from emodetect.evaluation.calibration import calibrate
+from emodetect.evaluation.evaluate import Evaluation, evaluate
+from emodetect.evaluation.predictions import write_predictions
+from emodetect.evaluation.robustness import robustness
+from emodetect.files import read_json, write_json
 from emodetect.labels import CLASSES
-from emodetect.models.artifact import Artifact, load_artifact, save_network, save_pipeline
-from emodetect.models.registry import get_spec
+from emodetect.models.artifact import (
+    Artifact,
+    describe,
+    find_model_file,
+    load_artifact,
+    resolve_artifact,
+    save_network,
+    save_pipeline,
+)
+from emodetect.models.predict import Predictor
+from emodetect.models.registry import ModelConfig, resolve_model_config
+from emodetect.training import fit_network, fit_pipeline
 
-MODEL_FILES = ("model.safetensors", "model.skops")
+MODEL_FILE = {"torch": "model.safetensors", "sklearn": "model.skops"}
 
 
-def model_path(run_dir: str | Path) -> Path:
-    for name in MODEL_FILES:
-        if (Path(run_dir) / name).exists():
-            return Path(run_dir) / name
-    raise EmodetectError(f"no model file ({' or '.join(MODEL_FILES)}) in {run_dir}")
+# ------------------------------------------------------------------------------------------------- data
 
 
 def limit_per_class(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
-    """At most n images per class (a fixed random choice), for quick runs."""
+    """At most n images per class and source (a fixed random choice), for quick runs."""
     if n is None:
         return ds
     rng = np.random.default_rng(seed)
     keep = np.zeros(len(ds), bool)
-    for c in np.unique(ds.labels):
-        idx = np.nonzero(ds.labels == c)[0]
-        keep[rng.choice(idx, min(n, len(idx)), replace=False)] = True
+    for src in dict.fromkeys(ds.sources.tolist()):
+        for c in np.unique(ds.labels):
+            idx = np.nonzero((ds.labels == c) & (ds.sources == src))[0]
+            if len(idx):
+                keep[rng.choice(idx, min(n, len(idx)), replace=False)] = True
     return ds.subset(keep)
 
 
 def load_splits(data, data_cfg: DataConfig, mode: str, cache_dir=None, progress: bool = True):
-    ds = load_dataset(data, mode=mode, label_source=data_cfg.label_source, relfcs_max=data_cfg.relfcs_max,
-                      seed=data_cfg.split_seed, cache_dir=cache_dir, progress=progress)  # fmt: skip
+    """(all, train, val, test) of one dataset or several (each keeps its own stored split)."""
+    ds = load_datasets(data, mode=mode, label_source=data_cfg.label_source, relfcs_max=data_cfg.relfcs_max,
+                       seed=data_cfg.split_seed, cache_dir=cache_dir, progress=progress)  # fmt: skip
     train, val, test = (ds.subset(s) for s in SPLITS)
     train = limit_per_class(train, data_cfg.limit_per_class, data_cfg.split_seed)
     if data_cfg.limit_per_class is not None:  # quick runs shrink evaluation too, in proportion
         val = limit_per_class(val, max(1, data_cfg.limit_per_class // 8), data_cfg.split_seed)
         test = limit_per_class(test, max(1, data_cfg.limit_per_class // 8), data_cfg.split_seed)
+    if not len(train) or not len(val) or not len(test):
+        raise EmodetectError(f"{data}: the stored split leaves an empty train, val or test set "
+                             f"({len(train)} / {len(val)} / {len(test)} images)")  # fmt: skip
     return ds, train, val, test
 
 
-def resolve_config(model: str, params: dict | None = None):
-    """The full configuration of `model` with `params` applied: a TrainConfig for networks, a dict of
-    pipeline parameters for scikit-learn models. Unknown models and options are errors, raised at once."""
-    spec = get_spec(model)
-    params = dict(params or {})
-    if spec.kind == "torch":
-        return merge(TrainConfig(model=model), params)
-    unknown = set(params) - set(spec.defaults)
-    if unknown:
-        raise EmodetectError(f"model {model!r} takes no option(s) {sorted(unknown)}; it takes {sorted(spec.defaults)}")
-    return {**spec.defaults, **params}
+def _data_sources(data) -> list[str]:
+    return [str(d) for d in ([data] if isinstance(data, (str, Path)) else data)]
 
 
-def config_dict(cfg) -> dict:
-    """A config as plain JSON types (as it is written to metrics.json), for comparisons."""
-    return json.loads(json.dumps(cfg if isinstance(cfg, dict) else asdict(cfg)))
+# ------------------------------------------------------------------------------------------------ train
 
 
-def train(model: str, data, out_dir, *, params: dict | None = None, data_cfg: DataConfig = DataConfig(),
+def train(model: str | ModelConfig, data, out_dir, *, params: dict | None = None, data_cfg: DataConfig = DataConfig(),
           resume: bool = False, cache_dir=None, progress: bool = True, log=print) -> dict:  # fmt: skip
-    """Fit `model` on the stored train split of `data`, evaluate on val and test, write everything to out_dir."""
-    spec = get_spec(model)
+    """Fit a model on the stored train split of `data` (one dataset or several), calibrate it on val, save it
+    once, and score the saved file on val and test; returns what it writes to `out_dir/metrics.json`."""
+    cfg = model if isinstance(model, ModelConfig) else resolve_model_config(model, params)
     out = Path(out_dir)
-    cfg = resolve_config(model, params)
+    ds, tr, va, te = load_splits(data, data_cfg, cfg.preprocess.mode, cache_dir, progress)
     out.mkdir(parents=True, exist_ok=True)
-    mode = spec.preprocess.mode
-    ds, tr, va, te = load_splits(data, data_cfg, mode, cache_dir, progress)
-    log(f"{model}: train {len(tr):,}, val {len(va):,}, test {len(te):,} images ({ds.info['label_source']} labels)")
-    meta = {"label_source": ds.info["label_source"], "dataset_id": ds.info["dataset_id"], "source": str(data),
-            "fingerprint": ds.info["fingerprint"], "data": asdict(data_cfg)}  # fmt: skip
-
+    log(f"{cfg.name}: train {len(tr):,}, val {len(va):,}, test {len(te):,} images ({ds.info['label_source']} labels)")
     t0 = time.perf_counter()
-    extra: dict = {}
-    if spec.kind == "torch":
-        from emodetect.training.loop import fit
-
-        net, history, info = fit(cfg, tr, va, out, resume=resume, progress=progress, log=log)
-        extra = {"history": history, "fit": info}
-        meta.update(config=asdict(cfg), tta_flip=cfg.tta_flip, fit=info)
-        from emodetect.data.transforms import Preprocess
-
-        pre = Preprocess.from_dict(info["preprocess"])
-        path = save_network(out / "model.safetensors", net, model, pre, meta, model_kwargs=cfg.model_kwargs)
+    if cfg.kind == "torch":
+        fitted = fit_network(cfg, tr, va, out, resume=resume, progress=progress, log=log)
     else:
-        from emodetect.data.transforms import to_model_input
-        from emodetect.models.registry import create_model
-
-        pipe = create_model(model, **cfg)
-        x = to_model_input(tr.images, spec.preprocess).reshape(len(tr), -1).numpy()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            pipe.fit(x, tr.labels)
-        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-            log(f"{model}: the solver stopped at its iteration limit before converging (ConvergenceWarning)")
-            extra["converged"] = False
-        meta.update(config=cfg)
-        path = save_pipeline(out / "model.skops", pipe, model, spec.preprocess, meta)
+        fitted = fit_pipeline(cfg, tr, log=log)
     train_seconds = time.perf_counter() - t0
 
-    artifact = load_artifact(path)  # evaluate what was saved, not what is in memory
-    if spec.kind == "torch":
-        calib = calibrate(artifact, va)
-        artifact.meta["temperature"] = calib["temperature"]
-        meta.update(temperature=calib["temperature"])
-        path = save_network(path, artifact.model, model, artifact.preprocess, meta, model_kwargs=cfg.model_kwargs)
-        extra["calibration"] = calib
-    result = evaluate_splits(artifact, {"val": va, "test": te})
-    result.update(
-        model=model, kind=spec.kind, description=spec.description, label_source=ds.info["label_source"], source=str(data),
-        dataset_id=ds.info["dataset_id"], n_train=len(tr), train_seconds=train_seconds,
-        model_bytes=os.path.getsize(path), config=config_dict(cfg), data=asdict(data_cfg), fingerprint=ds.info["fingerprint"],
-        **extra,
-    )  # fmt: skip
-    write_run(out, result, artifact, {"val": va, "test": te})
-    return result
+    per_source = ds.info.get("sources") or {ds.info["name"]: ds.info}
+    meta = {"label_source": ds.info["label_source"], "dataset_id": ds.info["dataset_id"],
+            "source": _data_sources(data), "fingerprint": ds.info["fingerprint"], "data": asdict(data_cfg),
+            "datasets": {n: {"path": i["source"], "fingerprint": i["fingerprint"]} for n, i in per_source.items()},
+            "config": cfg.to_dict(), "fit": fitted.info, "environment": environment()}  # fmt: skip
+    if cfg.kind == "torch":
+        meta.update(tta_flip=cfg.params.tta_flip, model_kwargs=cfg.params.model_kwargs, dtype="float32")
+    in_memory = Artifact(fitted.model, describe(cfg.kind, cfg.name, cfg.preprocess, meta))
+    calib = calibrate(Predictor(in_memory).logits(va.images), va.labels)  # before the one save
+    meta["temperature"] = calib["temperature"]
+    path = out / MODEL_FILE[cfg.kind]
+    if cfg.kind == "torch":
+        save_network(path, fitted.model, cfg.name, cfg.preprocess, meta, model_kwargs=cfg.params.model_kwargs)
+    else:
+        save_pipeline(path, fitted.model, cfg.name, cfg.preprocess, meta)
 
-
-def calibrate(artifact: Artifact, val: Dataset) -> dict:
-    """Temperature scaling on validation logits; ECE and reliability bins before and after."""
-    from emodetect.evaluation.calibration import fit_temperature, reliability
-    from emodetect.models.predict import Predictor, softmax
-
-    logits = Predictor(artifact).logits(val.images)
-    t = fit_temperature(logits, val.labels)
-    return {"temperature": t, "before": reliability(softmax(logits), val.labels),
-            "after": reliability(softmax(logits, t), val.labels)}  # fmt: skip
-
-
-def evaluate_splits(artifact: Artifact, splits: dict[str, Dataset], speed_images: int = 512) -> dict:
-    """Metrics on each split through the artifact's own preprocessing, plus inference speed."""
-    from emodetect.models.predict import Predictor
-
+    artifact = load_artifact(path)  # score what was saved, not what is in memory
+    splits = {"val": va, "test": te}
     predictor = Predictor(artifact)
-    result, preds = {}, {}
-    for name, ds in splits.items():
-        proba = predictor.predict_proba(ds.images)
-        preds[name] = proba
-        result[name] = classification_metrics(ds.labels, proba.argmax(1))
-    images = next(iter(splits.values())).images
-    sample = np.resize(images, (speed_images, *images.shape[1:]))  # repeats small splits to a fixed count
-    predictor.predict(sample[:64])  # warm-up: first calls allocate and pick kernels
-    t0 = time.perf_counter()
-    predictor.predict(sample)
-    result["inference_images_per_second"] = len(sample) / (time.perf_counter() - t0)
-    result["_proba"] = preds
+    ev = evaluate(predictor, splits)
+    robust = robustness(predictor, te, clean=ev.proba["test"])
+    result = {
+        "model": cfg.name, "kind": cfg.kind, "description": cfg.spec.description, "label_source": ds.info["label_source"],
+        "source": _data_sources(data), "dataset_id": ds.info["dataset_id"], "fingerprint": ds.info["fingerprint"],
+        "n_train": len(tr), "n_train_by_source": {s: int((tr.sources == s).sum()) for s in dict.fromkeys(tr.sources.tolist())},
+        "train_seconds": train_seconds, "model_bytes": path.stat().st_size, "config": cfg.to_dict(),
+        "data": asdict(data_cfg), **ev.metrics, "inference_images_per_second": ev.images_per_second,
+        "calibration": calib, "robustness": robust, "history": fitted.history, "fit": fitted.info,
+    }  # fmt: skip
+    write_run(out, result, ev, splits)
     return result
 
 
-def write_run(out: Path, result: dict, artifact: Artifact, splits: dict[str, Dataset]) -> None:
+def write_run(out: Path, result: dict, ev: Evaluation, splits: dict[str, Dataset]) -> None:
     """metrics.json, predictions.csv and plots; the numbers are computed before anything is drawn."""
-    from emodetect import plots
-
-    proba = result.pop("_proba")
-    with open(out / "predictions.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["split", "path", "true", "pred", *CLASSES])
-        for name, ds in splits.items():
-            p = proba[name]
-            for path, t, row in zip(ds.paths, ds.labels, p):
-                w.writerow([name, path, CLASSES[t], CLASSES[int(row.argmax())], *(f"{v:.5f}" for v in row)])
-    (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    write_predictions(out / "predictions.csv", splits, ev.proba)
+    write_json(out / "metrics.json", result)
     for name in splits:
         m = result[name]
         fig = plots.confusion_matrix(np.array(m["confusion_matrix"]), m["classes"],
@@ -191,8 +143,126 @@ def write_run(out: Path, result: dict, artifact: Artifact, splits: dict[str, Dat
                out / "per_class_f1.png")  # fmt: skip
     if result.get("history"):
         plots.save(plots.curves(result["history"], title=result["model"]), out / "curves.png")
-    if result.get("calibration"):
-        c = result["calibration"]
-        fig = plots.reliability_diagram({"before": c["before"], f"after (T={c['temperature']:.2f})": c["after"]},
-                                        title=f"{result['model']}: validation reliability")  # fmt: skip
-        plots.save(fig, out / "reliability.png")
+    c = result["calibration"]
+    fig = plots.reliability_diagram({"before": c["before"], f"after (T={c['temperature']:.2f})": c["after"]},
+                                    title=f"{result['model']}: validation reliability")  # fmt: skip
+    plots.save(fig, out / "reliability.png")
+
+
+# ------------------------------------------------------------------------------------------ run folders
+
+
+@dataclass
+class Run:
+    """A finished run folder: its saved model and its record (metrics.json)."""
+
+    path: Path
+    artifact: Artifact
+    record: dict
+
+    @property
+    def data_config(self) -> DataConfig:
+        return DataConfig(**self.artifact.meta.get("data", {}))
+
+    def load_splits(self, data=None, cache_dir=None, progress: bool = False):
+        """(all, train, val, test) of the data the run was trained on (or `data`), as it was split then."""
+        data = data or self.artifact.meta.get("source")
+        if not data:
+            raise EmodetectError(f"{self.path}: the run does not record its dataset; pass --data")
+        return load_splits(data, self.data_config, self.artifact.preprocess.mode, cache_dir, progress)
+
+
+def load_run(run_dir) -> Run:
+    """The model and record of a run folder written by `train`."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise EmodetectError(f"run folder not found: {run_dir}")
+    artifact = load_artifact(find_model_file(run_dir))
+    record = read_json(run_dir / "metrics.json")
+    if not isinstance(record, dict):
+        raise EmodetectError(f"{run_dir}: no readable metrics.json (an unfinished run?)")
+    return Run(run_dir, artifact, record)
+
+
+def evaluate_model(model, data, *, split: str = "auto", data_cfg: DataConfig = DataConfig(), cache_dir=None,
+                   corruptions: bool = False, log=None) -> dict:  # fmt: skip
+    """Metrics of a model (shipped name, file or run folder) on a dataset. split 'auto' scores the stored test
+    split when the data is the one the model was trained on (its training images would flatter it), and every
+    image otherwise; no duplicate search is run for a dataset that is only scored whole."""
+    artifact = resolve_artifact(model)
+    if split not in ("auto", "all", *SPLITS):
+        raise EmodetectError(f"unknown split {split!r}")
+    trained_on = artifact.meta.get("source")
+    ds = load_datasets(data, mode=artifact.preprocess.mode, label_source=data_cfg.label_source,
+                       relfcs_max=data_cfg.relfcs_max, seed=data_cfg.split_seed, cache_dir=cache_dir,
+                       progress=log is not None, split=split != "all")  # fmt: skip
+    if split == "auto":
+        same = ds.info["fingerprint"] == artifact.meta.get("fingerprint")
+        split = "test" if same else "all"
+        if same and log:
+            log(f"{data} is the model's training data ({trained_on}): scoring its stored test split "
+                "(--split all to override)")  # fmt: skip
+    if split != "all":
+        ds = ds.subset(split)
+        if not len(ds):
+            raise EmodetectError(f"the {split} split of {data} is empty with these settings")
+    predictor = Predictor(artifact)
+    ev = evaluate(predictor, {"eval": ds}, speed_images=None)
+    result = ev.metrics["eval"]
+    if corruptions:
+        result["robustness"] = robustness(predictor, ds, clean=ev.proba["eval"])
+    result.update(model=artifact.name, model_file=str(artifact.path), label_source=data_cfg.label_source, split=split,
+                  data=_data_sources(data), model_label_source=artifact.meta.get("label_source"))  # fmt: skip
+    return result
+
+
+def embed_run(run_dir, data=None, split: str = "test", cache_dir=None, max_images: int | None = None) -> dict:
+    """K-Means, t-SNE and UMAP of a run's embeddings of one split; numbers and a plot written next to it."""
+    from emodetect.analysis.embeddings import analyse
+
+    run = load_run(run_dir)
+    ds = run.load_splits(data, cache_dir)[1 + SPLITS.index(split)]
+    if len(ds) < 2:
+        raise EmodetectError(f"the {split} split has {len(ds)} images with these settings; nothing to embed")
+    if max_images is not None and len(ds) > max_images:
+        ds = ds.subset(np.random.default_rng(0).choice(len(ds), max_images, replace=False))
+    emb = Predictor(run.artifact).embed(ds.images)
+    result = analyse(emb, ds.labels)
+    numbers = {k: v for k, v in result.items() if not isinstance(v, np.ndarray)}
+    numbers.update(model=run.artifact.name, split=split)
+    write_json(run.path / "embeddings.json", numbers)
+    fig = plots.scatter({"t-SNE": result["tsne"], "UMAP": result["umap"]},
+                        {"true label": ds.labels, "K-Means cluster": result["assignments"]}, CLASSES,
+                        title=f"{run.artifact.name}: {split} embeddings (ARI {result['ari']:.3f}, NMI {result['nmi']:.3f})")  # fmt: skip
+    plots.save(fig, run.path / "embeddings.png")
+    return {**numbers, "tsne": result["tsne"], "umap": result["umap"], "labels": ds.labels}
+
+
+def environment() -> dict:
+    """The machine and libraries a result was produced with (recorded in artifacts, reports and cards)."""
+    import os
+    import platform
+
+    import torch
+
+    from emodetect.models.artifact import library_versions
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = library_versions()
+    for dist in ("scipy", "opencv-python-headless", "matplotlib", "umap-learn", "skops", "safetensors", "tqdm"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return {"versions": versions, "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "date": time.strftime("%Y-%m-%d %H:%M %Z")}  # fmt: skip

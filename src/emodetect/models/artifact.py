@@ -105,7 +105,8 @@ class Artifact:
         return float(self.meta.get("temperature", 1.0))
 
 
-def _describe(kind: str, name: str, preprocess: Preprocess, meta: dict) -> dict:
+def describe(kind: str, name: str, preprocess: Preprocess, meta: dict) -> dict:
+    """A model's description as its file records it: format, kind, name, classes, preprocessing, versions, meta."""
     return {
         "format_version": FORMAT_VERSION,
         "kind": kind,
@@ -127,7 +128,7 @@ def save_network(path: str | Path, model, name: str, preprocess: Preprocess, met
     state = {k: v.to(torch.float32) if v.dtype == torch.bfloat16 else v for k, v in state.items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    description = _describe("torch", name, preprocess, {"model_kwargs": model_kwargs or {}, "dtype":
+    description = describe("torch", name, preprocess, {"model_kwargs": model_kwargs or {}, "dtype":
                             "float16" if half else "float32", **meta})  # fmt: skip
     text = json.dumps(description)
     validate_meta(json.loads(text), "torch", path)  # never write a file that would not load
@@ -137,9 +138,38 @@ def save_network(path: str | Path, model, name: str, preprocess: Preprocess, met
 def save_pipeline(path: str | Path, pipeline, name: str, preprocess: Preprocess, meta: dict) -> Path:
     import skops.io as sio
 
-    text = json.dumps(_describe("sklearn", name, preprocess, meta))
+    text = json.dumps(describe("sklearn", name, preprocess, meta))
     validate_meta(json.loads(text), "sklearn", path)
     return atomic_write(path, sio.dumps({"pipeline": pipeline, "meta": text}))
+
+
+RUN_MODEL_FILES = ("model.safetensors", "model.skops")  # what `emodetect train` writes into a run folder
+SHIPPED_MODELS = {"default": "default.safetensors", "fast": "fast.safetensors"}  # in emodetect/weights
+
+
+def find_model_file(path: str | Path) -> Path:
+    """A model file, or the model file inside a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        for name in RUN_MODEL_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise EmodetectError(f"no model file ({' or '.join(RUN_MODEL_FILES)}) in {path}")
+    return path
+
+
+def resolve_artifact(model: str | Path | None = None) -> Artifact:
+    """A shipped model by name (None or "default": the default model; "fast"), a model file or a run folder."""
+    from importlib import resources
+
+    if model is None or (isinstance(model, str) and model in SHIPPED_MODELS and not Path(model).exists()):
+        name = SHIPPED_MODELS[model or "default"]
+        shipped = resources.files("emodetect.weights").joinpath(name)
+        if not shipped.is_file():
+            raise EmodetectError(f"this installation has no shipped model {model or 'default'!r} (emodetect/weights/{name})")
+        with resources.as_file(shipped) as p:
+            return load_artifact(p)
+    return load_artifact(find_model_file(model))
 
 
 def load_artifact(path: str | Path) -> Artifact:

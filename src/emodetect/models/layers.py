@@ -38,15 +38,3 @@ class SameMaxPool2d(nn.Module):
 
     def forward(self, x):
         return F.max_pool2d(tf_same_pad(x, self.kernel, self.stride, value=float("-inf")), self.kernel, self.stride)
-
-
-class Classifier(nn.Module):
-    """Global average pool -> dropout -> linear; `features` returns the pooled embedding."""
-
-    def __init__(self, in_features: int, num_classes: int, dropout: float = 0.0):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(in_features, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.dropout(x))

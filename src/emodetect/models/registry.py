@@ -8,9 +8,11 @@ so that `import emodetect` stays fast and quiet.
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+from emodetect.config import TrainConfig, merge
 from emodetect.data.transforms import Preprocess
 from emodetect.errors import EmodetectError
 
@@ -28,16 +30,18 @@ class ModelSpec:
     pretrained: str | None = None  # where pretrained weights come from, if any
     defaults: dict = field(default_factory=dict)  # hyperparameters the builder takes, with their defaults
     channels_last: bool = True  # NHWC is much faster on CPU; off where torch's CPU kernels misbehave with it
+    licence: str | None = None  # licence of the pretrained weights the model starts from, if any
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, *, kind: str = "torch", preprocess: Preprocess = Preprocess(), description: str = "",
-                   pretrained: str | None = None, defaults: dict | None = None, channels_last: bool = True):  # fmt: skip
+                   pretrained: str | None = None, defaults: dict | None = None, channels_last: bool = True,
+                   licence: str | None = None):  # fmt: skip
     def wrap(builder):
         _REGISTRY[name] = ModelSpec(name, kind, builder, preprocess, description, pretrained, dict(defaults or {}),
-                                    channels_last)  # fmt: skip
+                                    channels_last, licence)  # fmt: skip
         return builder
 
     return wrap
@@ -69,3 +73,50 @@ def create_model(name: str, **kwargs):
             f"model {name!r} takes no option(s) {', '.join(sorted(unknown))}; it takes: {', '.join(sorted(spec.defaults))}"
         )
     return spec.builder(**{**spec.defaults, **kwargs})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A model name resolved once into everything the rest of the package needs, and passed down as is.
+
+    params: a `TrainConfig` for networks, the pipeline's parameters (defaults plus overrides) for
+    scikit-learn models. preprocess: what the model eats (a network's `image_size` applied).
+    """
+
+    spec: ModelSpec
+    params: TrainConfig | dict
+    preprocess: Preprocess
+    channels_last: bool  # train and run in NHWC
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    def to_dict(self) -> dict:
+        """The config as plain JSON values, as recorded in metrics.json and compared to decide on reuse."""
+        raw = self.params if isinstance(self.params, dict) else asdict(self.params)
+        return json.loads(json.dumps(raw))
+
+
+def resolve_model_config(model: str, params: dict | None = None) -> ModelConfig:
+    """The full configuration of `model` with `params` applied; unknown models and options are errors."""
+    spec = get_spec(model)
+    params = dict(params or {})
+    if spec.kind == "torch":
+        cfg = merge(TrainConfig(model=model), params)
+        unknown = set(cfg.model_kwargs) - set(spec.defaults)
+        if unknown:
+            raise EmodetectError(f"model {model!r} takes no option(s) {', '.join(sorted(unknown))}; "
+                                 f"it takes: {', '.join(sorted(spec.defaults)) or 'none'}")  # fmt: skip
+        pre = spec.preprocess
+        if cfg.image_size:
+            pre = Preprocess(cfg.image_size, pre.mode, pre.mean, pre.std)
+        return ModelConfig(spec, cfg, pre, cfg.channels_last and spec.channels_last)
+    unknown = set(params) - set(spec.defaults)
+    if unknown:
+        raise EmodetectError(f"model {model!r} takes no option(s) {sorted(unknown)}; it takes {sorted(spec.defaults)}")
+    return ModelConfig(spec, {**spec.defaults, **params}, spec.preprocess, False)

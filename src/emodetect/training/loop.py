@@ -1,7 +1,8 @@
 """The training loop as plain functions (torchvision references style).
 
-`train_one_epoch` and `evaluate_epoch` each return a dict of numbers; `fit` wraps them with the schedule,
-early stopping (best weights restored), a checkpoint every epoch, `resume`, and the per-epoch history.
+`train_one_epoch` and `evaluate_epoch` each return a dict of numbers; `fit_network` wraps them with the
+schedule, early stopping (best weights restored), a checkpoint every epoch, `resume`, and the per-epoch
+history, and returns a `FitResult`.
 """
 
 from __future__ import annotations
@@ -10,24 +11,35 @@ import contextlib
 import copy
 import json
 import math
-import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 
 from emodetect.config import Augment, TrainConfig
-from emodetect.data.ingest import Dataset
+from emodetect.data.dataset import Dataset
 from emodetect.data.transforms import Preprocess, augment_batch, to_uint8_tensor
 from emodetect.errors import EmodetectError
+from emodetect.files import atomic_write
 from emodetect.labels import CLASSES, label_to_index
-from emodetect.models.registry import create_model, get_spec
+from emodetect.models.predict import predict_logits
+from emodetect.models.registry import ModelConfig, create_model
 
 CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class FitResult:
+    """A fitted model (network in eval mode with its best weights, or scikit-learn pipeline) and how it went."""
+
+    model: object
+    history: list[dict] = field(default_factory=list)  # one row of numbers per epoch (networks)
+    info: dict = field(default_factory=dict)  # best epoch, early stopping, seconds, convergence, ...
 
 
 def class_weights(labels: np.ndarray, n_classes: int = len(CLASSES)) -> torch.Tensor:
@@ -43,13 +55,31 @@ def _autocast(enabled: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
-def _loss(logits, target, weight, smoothing):
-    return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=smoothing)
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                         weight: torch.Tensor | None = None, smoothing: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """Cross-entropy in which each row's softmax runs only over the classes its dataset labels.
+
+    mask: (B, K) bool, True where the row's dataset has the class (FER2013 has no contempt: its rows get no
+    contempt column). A class a dataset never labels is then neither a target nor a "false" answer for its
+    images: its logit gets no gradient from them, so the model does not learn that the class never occurs.
+    Label smoothing spreads over the row's own classes. With no mask this is `F.cross_entropy` exactly
+    (class weights and smoothing included).
+    """
+    logits = logits.float()
+    if mask is None:
+        return F.cross_entropy(logits, target, weight=weight, label_smoothing=smoothing)
+    logp = F.log_softmax(logits.masked_fill(~mask, float("-inf")), dim=1)
+    logp = torch.where(mask, logp, torch.zeros_like(logp))  # no -inf * 0
+    q = (1 - smoothing) * F.one_hot(target, logits.shape[1]) + smoothing * mask / mask.sum(1, keepdim=True)
+    w = torch.ones(logits.shape[1]) if weight is None else weight
+    return -(q * w * logp).sum() / w[target].sum()
+
 
 
 def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, scheduler, cfg: TrainConfig,
                     pre: Preprocess, aug: Augment, generator: torch.Generator, weight=None,
-                    sample_p: torch.Tensor | None = None, progress: bool = False, desc: str = "train") -> dict:  # fmt: skip
+                    sample_p: torch.Tensor | None = None, progress: bool = False, desc: str = "train",
+                    channels_last: bool = False, class_mask: torch.Tensor | None = None) -> dict:  # fmt: skip
     """One pass over the training images (augmented on the fly); returns mean loss, accuracy and seconds."""
     model.train()
     n = len(y)
@@ -64,7 +94,7 @@ def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, sched
         idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
         x = augment_batch(x_u8[idx], pre, aug, generator)
         target = y[idx]
-        if use_channels_last(cfg):
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         lam, perm = 1.0, None
         if cfg.mixup > 0:
@@ -74,9 +104,11 @@ def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, sched
             x = lam * x + (1 - lam) * x[perm]
         with _autocast(cfg.bf16):
             logits = model(x)
-        loss = _loss(logits, target, weight, cfg.label_smoothing)
+        mask = class_mask[idx] if class_mask is not None else None  # (B, K)
+        loss = masked_cross_entropy(logits, target, mask, weight, cfg.label_smoothing)
         if perm is not None:
-            loss = lam * loss + (1 - lam) * _loss(logits, target[perm], weight, cfg.label_smoothing)
+            mask_p = mask[perm] if mask is not None else None
+            loss = lam * loss + (1 - lam) * masked_cross_entropy(logits, target[perm], mask_p, weight, cfg.label_smoothing)
         if l2:  # Keras-style L2: added to the loss, on weights only
             loss = loss + l2 / 2 * sum((p.float() ** 2).sum() for p in model.parameters() if p.ndim > 1)
         optimizer.zero_grad(set_to_none=True)
@@ -94,24 +126,23 @@ def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, sched
 
 @torch.inference_mode()
 def evaluate_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, pre: Preprocess, *, batch_size: int = 256,
-                   weight=None, bf16: bool = False, tta_flip: bool = False) -> dict:  # fmt: skip
-    """Loss, accuracy and macro-F1 on held-out images (eval preprocessing, no augmentation)."""
-    from emodetect.models.predict import predict_logits
-
+                   weight=None, bf16: bool = False, tta_flip: bool = False, class_mask: torch.Tensor | None = None,
+                   sources: np.ndarray | None = None) -> dict:  # fmt: skip
+    """Loss, accuracy and macro-F1 on held-out images (eval preprocessing, no augmentation); with `sources`
+    and more than one of them, also the accuracy of each (`accuracy_<source>`)."""
     model.eval()
     logits = torch.from_numpy(predict_logits(model, x_u8, pre, batch_size=batch_size, tta_flip=tta_flip, bf16=bf16))
     pred = logits.argmax(1)
-    f1s = []
-    for c in range(logits.shape[1]):
-        tp = int(((pred == c) & (y == c)).sum())
-        fp, fn = int(((pred == c) & (y != c)).sum()), int(((pred != c) & (y == c)).sum())
-        if tp + fn:
-            f1s.append(2 * tp / max(1, 2 * tp + fp + fn))
-    return {
-        "loss": float(_loss(logits, y, weight, 0.0)),
+    present = np.unique(y.numpy())  # classes of this split: a class nobody has does not count against macro-F1
+    out = {
+        "loss": float(masked_cross_entropy(logits, y, class_mask, weight, 0.0)),
         "accuracy": float((pred == y).float().mean()),
-        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+        "macro_f1": float(f1_score(y.numpy(), pred.numpy(), labels=present, average="macro", zero_division=0)),
     }
+    if sources is not None and len(set(sources.tolist())) > 1:
+        correct = (pred == y).numpy()
+        out.update({f"accuracy_{s}": float(correct[sources == s].mean()) for s in dict.fromkeys(sources.tolist())})
+    return out
 
 
 def _make_optimizer(model, cfg: TrainConfig):
@@ -146,43 +177,55 @@ def _make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
     raise EmodetectError(f"unknown schedule {cfg.schedule!r}; expected cosine, onecycle, plateau or constant")
 
 
-def resolve_preprocess(cfg: TrainConfig) -> Preprocess:
-    pre = get_spec(cfg.model).preprocess
-    if cfg.image_size:
-        pre = Preprocess(cfg.image_size, pre.mode, pre.mean, pre.std)
-    return pre
-
-
-def _sampling_probabilities(labels: np.ndarray, oversample: dict) -> torch.Tensor | None:
-    if not oversample:
+def _sampling_probabilities(labels: np.ndarray, sources: np.ndarray, oversample: dict,
+                            source_weights: dict) -> torch.Tensor | None:  # fmt: skip
+    """Per-image draw probabilities from class factors and dataset factors (None: every image once per epoch)."""
+    if not oversample and not source_weights:
         return None
+    unknown = set(source_weights) - set(sources.tolist())
+    if unknown:
+        raise EmodetectError(f"source_weights names unknown dataset(s) {sorted(unknown)}; the datasets are "
+                             f"{', '.join(dict.fromkeys(sources.tolist()))}")  # fmt: skip
     factors = np.ones(len(CLASSES))
     for name, f in oversample.items():  # TrainConfig has resolved aliases to canonical names
         factors[label_to_index(name)] = float(f)
-    p = factors[labels]
+    p = factors[labels] * np.array([float(source_weights.get(s, 1.0)) for s in sources])
     return torch.tensor(p / p.sum(), dtype=torch.float64)
 
 
-def fit(cfg: TrainConfig, train: Dataset, val: Dataset, out_dir: str | Path | None = None, *,
-        resume: bool = False, progress: bool = True, log=print) -> tuple[torch.nn.Module, list[dict], dict]:  # fmt: skip
-    """Train `cfg.model` on `train`, early-stop on `val`; returns (model with best weights, history, info).
+def class_masks(labels: np.ndarray, sources: np.ndarray, n_classes: int = len(CLASSES)) -> torch.Tensor | None:
+    """(N, K) bool: the classes each row's dataset labels at all; None when every dataset has every class."""
+    table = {s: np.bincount(labels[sources == s], minlength=n_classes) > 0 for s in dict.fromkeys(sources.tolist())}
+    if all(m.all() for m in table.values()):
+        return None
+    return torch.from_numpy(np.stack([table[s] for s in sources.tolist()]))
+
+
+def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: str | Path | None = None, *,
+                resume: bool = False, progress: bool = True, log=print) -> FitResult:  # fmt: skip
+    """Train the network `model_cfg` names on `train`, early-stop on `val`; the model has its best weights.
 
     With out_dir, a checkpoint is written after every epoch; `resume=True` continues from it and ends with
     the same weights as an uninterrupted run (all random state is in the checkpoint).
     """
+    cfg: TrainConfig = model_cfg.params
+    channels_last = model_cfg.channels_last
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    pre = resolve_preprocess(cfg)
+    pre = model_cfg.preprocess
     aug = cfg.augmentation()
     model = create_model(cfg.model, num_classes=len(CLASSES), **cfg.model_kwargs)
-    if use_channels_last(cfg):
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     x_train, y_train = to_uint8_tensor(train.images), torch.from_numpy(train.labels)
     x_val, y_val = to_uint8_tensor(val.images), torch.from_numpy(val.labels)
     if len(y_train) == 0 or len(y_val) == 0:
         raise EmodetectError("training needs non-empty train and validation splits")
     weight = class_weights(train.labels) if cfg.class_weights else None
-    sample_p = _sampling_probabilities(train.labels, cfg.oversample)
+    sample_p = _sampling_probabilities(train.labels, train.sources, cfg.oversample, cfg.source_weights)
+    # a class is missing from a dataset if none of its train or val images has it
+    masks = class_masks(np.concatenate([train.labels, val.labels]), np.concatenate([train.sources, val.sources]))
+    mask_train, mask_val = (None, None) if masks is None else (masks[: len(train)], masks[len(train) :])
     steps = len(y_train) // cfg.batch_size if len(y_train) >= cfg.batch_size else 1
     optimizer = _make_optimizer(model, cfg)
     scheduler = _make_scheduler(optimizer, cfg, steps)
@@ -192,34 +235,23 @@ def fit(cfg: TrainConfig, train: Dataset, val: Dataset, out_dir: str | Path | No
     start_epoch = 0
     ckpt_path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     if resume:
-        if ckpt_path is None or not ckpt_path.exists():
-            raise EmodetectError(f"--resume: no checkpoint at {ckpt_path}")
-        ck = read_checkpoint(ckpt_path)
-        if ck is None:
-            raise EmodetectError(f"--resume: {ckpt_path} is not a readable emodetect checkpoint (truncated or foreign)")
-        if ck["config"] != json.loads(json.dumps(asdict(cfg))):
-            raise EmodetectError(f"--resume: {ckpt_path} was written with a different config")
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["torch_rng"])
-        generator.set_state(ck["generator"])
-        history, start_epoch = ck["history"], ck["epoch"] + 1
-        best = {"score": ck["best_score"], "epoch": ck["best_epoch"], "state": ck["best_state"]}
-        log(f"resumed from epoch {ck['epoch'] + 1} ({ckpt_path})")
+        history, start_epoch, best = _resume(ckpt_path, cfg, model, optimizer, scheduler, generator)
+        log(f"resumed from epoch {start_epoch} ({ckpt_path})")
 
     stale = len(history) - 1 - best["epoch"] if history else 0
     for epoch in range(start_epoch, cfg.epochs):
         if stale >= cfg.patience:
             break
         tr = train_one_epoch(model, x_train, y_train, optimizer, scheduler, cfg, pre, aug, generator, weight,
-                             sample_p, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")  # fmt: skip
+                             sample_p, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", channels_last=channels_last,
+                             class_mask=mask_train)  # fmt: skip
         t0 = time.perf_counter()
-        va = evaluate_epoch(model, x_val, y_val, pre, weight=weight, bf16=cfg.bf16)
+        va = evaluate_epoch(model, x_val, y_val, pre, weight=weight, bf16=cfg.bf16, tta_flip=cfg.tta_flip,
+                            class_mask=mask_val, sources=val.sources)  # fmt: skip
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": tr["loss"],
                "train_accuracy": tr["accuracy"], "val_loss": va["loss"], "val_accuracy": va["accuracy"],
-               "val_macro_f1": va["macro_f1"], "seconds": tr["seconds"] + time.perf_counter() - t0}  # fmt: skip
+               "val_macro_f1": va["macro_f1"], "seconds": tr["seconds"] + time.perf_counter() - t0,
+               **{f"val_{k}": v for k, v in va.items() if k.startswith("accuracy_")}}  # fmt: skip
         history.append(row)
         if scheduler is not None and cfg.schedule == "plateau":
             scheduler.step(row[cfg.monitor])
@@ -228,8 +260,9 @@ def fit(cfg: TrainConfig, train: Dataset, val: Dataset, out_dir: str | Path | No
             stale = 0
         else:
             stale += 1
+        per_source = "".join(f"  {k[len('accuracy_'):]} {v:.4f}" for k, v in va.items() if k.startswith("accuracy_"))
         log(f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {tr['loss']:.4f}  acc {tr['accuracy']:.4f}  "
-            f"val_loss {va['loss']:.4f}  val_acc {va['accuracy']:.4f}  val_f1 {va['macro_f1']:.4f}  "
+            f"val_loss {va['loss']:.4f}  val_acc {va['accuracy']:.4f}  val_f1 {va['macro_f1']:.4f}{per_source}  "
             f"{row['seconds']:.0f}s" + ("  *" if stale == 0 else ""))  # fmt: skip
         if ckpt_path is not None:
             _save_checkpoint(ckpt_path, model, optimizer, scheduler, generator, history, epoch, best, cfg)
@@ -240,14 +273,26 @@ def fit(cfg: TrainConfig, train: Dataset, val: Dataset, out_dir: str | Path | No
     model.eval()
     info = {"best_epoch": best["epoch"] + 1, "best_score": best["score"], "monitor": cfg.monitor,
             "epochs_run": len(history), "stopped_early": stale >= cfg.patience,
-            "train_seconds": sum(h["seconds"] for h in history), "preprocess": pre.to_dict()}  # fmt: skip
-    return model, history, info
+            "train_seconds": sum(h["seconds"] for h in history)}  # fmt: skip
+    return FitResult(model, history, info)
 
 
-def use_channels_last(cfg: TrainConfig) -> bool:
-    """channels_last for training unless the model opts out: mini-Xception's backward pass corrupts memory
-    in torch 2.13's CPU kernels in NHWC (double free / segfault in its first Xception module)."""
-    return cfg.channels_last and get_spec(cfg.model).channels_last
+def _resume(ckpt_path: Path | None, cfg: TrainConfig, model, optimizer, scheduler, generator):
+    """Restore everything a checkpoint holds; returns (history, first epoch to run, best so far)."""
+    if ckpt_path is None or not ckpt_path.exists():
+        raise EmodetectError(f"--resume: no checkpoint at {ckpt_path}")
+    ck = read_checkpoint(ckpt_path)
+    if ck is None:
+        raise EmodetectError(f"--resume: {ckpt_path} is not a readable emodetect checkpoint (truncated or foreign)")
+    if ck["config"] != json.loads(json.dumps(asdict(cfg))):
+        raise EmodetectError(f"--resume: {ckpt_path} was written with a different config")
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(ck["scheduler"])
+    torch.set_rng_state(ck["torch_rng"])
+    generator.set_state(ck["generator"])
+    return ck["history"], ck["epoch"] + 1, {"score": ck["best_score"], "epoch": ck["best_epoch"], "state": ck["best_state"]}
 
 
 _CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "torch_rng", "generator", "history", "epoch", "best_score",
@@ -280,8 +325,5 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, generator, history
         "epoch": epoch, "best_score": best["score"], "best_epoch": best["epoch"], "best_state": best["state"],
         "config": json.loads(json.dumps(asdict(cfg))),
     }  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))
 
