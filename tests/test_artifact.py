@@ -247,13 +247,21 @@ def _tiny_file(tmp_path, name="m.safetensors", **meta_changes):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"model_kwargs": {"width": 10**7}}, "out of range"),
-    ({"model_kwargs": {"width": 4000}}, "288,136,008 parameters"),  # in range per option, too big as a whole
+    ({"model_kwargs": {"width": 10**7}}, "not valid for 'tiny'"),
+    ({"model_kwargs": {"width": 4000}}, "not valid for 'tiny'"),  # over 16 times the default
+    ({"model_kwargs": {"width": -5}}, "not valid for 'tiny'"),
+    ({"model": "resnet", "model_kwargs": {"widths": [512, 1024, 2048, 4096]}}, "parameters"),  # fine options, too big
+    ({"model": "resnet", "model_kwargs": {"depths": [4096] * 16}}, "not valid for 'resnet'"),  # minutes to build
+    ({"temperature": 10**400}, "temperature"),  # too large for a float
+    ({"preprocess.std": [1e-300]}, "std"),
     ({"model_kwargs": {"width": 16}}, "weight .* has shape"),  # a fine network, but the weights are for width 8
     ({"model_kwargs": {"depth": 3}}, "takes no option"),
+    ({"source": 5}, "source"),
+    ({"data": [1]}, "data options"),
+    ({"data": {"split_seed": -1}}, "data options"),
     ({"preprocess.size": 30000}, "input size"),
     ({"preprocess.mode": "cmyk"}, "colour mode"),
-    ({"preprocess.std": [0.0]}, "std must be positive"),
+    ({"preprocess.std": [0.0]}, "std must be at least"),
     ({"temperature": -1.0}, "temperature"),
     ({"temperature": float("nan")}, "temperature"),
     ({"format_version": 99}, "newer emodetect"),
@@ -307,3 +315,56 @@ def test_skops_archives_with_bombs_or_object_arrays_are_refused(tmp_path):
         z.writestr("a.npy", header)
     with pytest.raises(EmodetectError, match="declares more data|not a valid"):
         load_artifact(lying)
+
+
+def _dump(path, pipe, name):
+    import skops.io as sio
+
+    meta = json.dumps({"format_version": 1, "kind": "sklearn", "model": name, "classes": list(CLASSES),
+                       "preprocess": get_spec(name).preprocess.to_dict()})  # fmt: skip
+    path.write_bytes(sio.dumps({"pipeline": pipe, "meta": meta}))
+    return path
+
+
+def test_tampered_pipelines_are_refused_before_they_run(tmp_path, tiny_dataset, monkeypatch):
+    """Red-team cases that crashed scikit-learn (segfaults) or ran out of memory at predict time."""
+    import copy
+
+    import sklearn.tree._tree as T
+    from sklearn.pipeline import Pipeline
+
+    import emodetect.models.artifact as artifact
+
+    rf, _ = _fitted("random_forest", tiny_dataset, pca__n_components=10, clf__n_estimators=2)
+    cases = {}
+    bad = copy.deepcopy(rf)  # a tree hidden one level down, with a child index far outside it
+    st = bad.named_steps["clf"].estimators_[0].tree_.__getstate__()
+    st["nodes"] = st["nodes"].copy()
+    st["nodes"]["left_child"][0] = 2**40
+    bad.named_steps["clf"].estimators_[0].tree_.__setstate__(st)
+    cases["nested"] = (Pipeline([("inner", bad)]), "layout")
+    lying = copy.deepcopy(rf)  # a tree that claims 10**9 features and reads feature 10**8
+    dtc = lying.named_steps["clf"].estimators_[0]
+    st = dtc.tree_.__getstate__()
+    st["nodes"] = st["nodes"].copy()
+    st["nodes"]["feature"][st["nodes"]["left_child"] != -1] = 10**8
+    new = T.Tree(10**9, np.asarray(dtc.tree_.n_classes), dtc.tree_.n_outputs)
+    new.__setstate__(st)
+    dtc.tree_ = new
+    cases["feature_index"] = (lying, "out-of-range nodes or features")
+    odd = copy.deepcopy(rf)
+    odd.named_steps["clf"].classes_ = np.arange(100, 108)
+    cases["classes"] = (odd, "classes")
+    empty = copy.deepcopy(rf)
+    empty.steps = []
+    cases["no_steps"] = (empty, "layout")
+    hog, _ = _fitted("hog_lbp_svm", tiny_dataset)
+    hog.named_steps["features"].lbp_grid = 3000  # 7.9 GiB for two faces
+    cases["lbp_grid"] = (hog, "lbp_grid")
+    for name, (pipe, message) in cases.items():
+        model = "hog_lbp_svm" if name == "lbp_grid" else "random_forest"
+        with pytest.raises(EmodetectError, match=message):
+            load_artifact(_dump(tmp_path / f"{name}.skops", pipe, model))
+    monkeypatch.setattr(artifact, "MAX_SCHEMA_BYTES", 1000)  # a schema that inflates in memory
+    with pytest.raises(EmodetectError, match="schema declares"):
+        load_artifact(_dump(tmp_path / "big_schema.skops", rf, "random_forest"))

@@ -1,5 +1,7 @@
 """Options are checked when a config is built: one clear error, before any work."""
 
+import os
+
 import pytest
 
 from emodetect.cli import main
@@ -61,6 +63,15 @@ def test_config_files_must_hold_an_object(tmp_path):
     ["ingest", "{data}", "--cache-dir", "{tmp}/file"],
     ["audit", "{data}", "--out", "{tmp}/file"],
     ["train", "tiny", "--data", "{data}", "--out", "{tmp}/file"],
+    ["train", "tiny", "--data", "{data}", "--out", "{tmp}/file/sub"],
+    ["train", "tiny", "--data", "{data}", "--out", "{tmp}/run", "--resume"],  # no checkpoint to resume from
+    ["train", "tiny", "--data", "{data}", "--out", "{tmp}/run", "--set", "model=evil"],
+    ["train", "tiny", "--data", "{data}", "--out", "{tmp}/run", "--set", 'model_kwargs={{"width": -5}}'],
+    ["train", "tiny", "--data", "{data}", "--out", "{tmp}/run", "--set", "lr=1" + "0" * 400],
+    ["train", "logreg", "--data", "{data}", "--out", "{tmp}/run", "--set", "clf__C=abc"],
+    ["train", "random_forest", "--data", "{data}", "--out", "{tmp}/run", "--set", "clf__n_estimators=0"],
+    ["train", "hog_lbp_svm", "--data", "{data}", "--out", "{tmp}/run", "--set", "features__hog=false",
+     "--set", "features__lbp=false"],
 ])  # fmt: skip
 def test_cli_option_errors_are_one_line_exit_2_and_do_no_work(tmp_path, tiny_zip, capsys, argv):
     (tmp_path / "file").write_text("x")
@@ -97,3 +108,48 @@ def test_embed_on_an_empty_split_says_so(tmp_path, tiny_dataset, capsys):
     assert main(["embed", str(run), "--data", str(empty), "--cache-dir", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "empty" in err or "nothing to embed" in err, err
+
+
+def test_ship_checks_everything_before_it_writes_anything(tmp_path, tiny_dataset, capsys):
+    from emodetect.runs import train
+
+    data = tiny_dataset.info["source"]
+    cache = tiny_dataset.info["cache"].rsplit("/", 1)[0]
+    run = tmp_path / "run"
+    train("tiny", data, run, params={"epochs": 1, "batch_size": 16}, cache_dir=cache, progress=False, log=lambda m: None)
+    dest = tmp_path / "weights"
+    assert main(["ship", str(run), "--dest", str(dest), "--data", str(tmp_path / "nowhere")]) == 2
+    assert not dest.exists()
+    (tmp_path / "file").write_text("x")
+    assert main(["ship", str(run), "--dest", str(tmp_path / "file")]) == 2
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    (broken / "metrics.json").write_text("{}")
+    assert main(["ship", str(broken), "--dest", str(dest), "--cache-dir", cache]) == 2
+    os.remove(broken / "metrics.json")
+    os.mkfifo(broken / "metrics.json")  # never read: a pipe would block
+    assert main(["ship", str(broken), "--dest", str(dest), "--cache-dir", cache]) == 2
+    assert not dest.exists()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "internal error" not in err
+
+
+def test_a_checkpoint_with_the_right_keys_and_wrong_values_is_a_clear_error(tmp_path, tiny_dataset, capsys):
+    import torch
+
+    from emodetect.runs import train
+
+    data = tiny_dataset.info["source"]
+    cache = tiny_dataset.info["cache"].rsplit("/", 1)[0]
+    params = {"epochs": 2, "batch_size": 16}
+    train("tiny", data, tmp_path / "run", params=params, cache_dir=cache, progress=False, log=lambda m: None)
+    ck_path = tmp_path / "run" / "checkpoint.pt"
+    good = torch.load(ck_path, weights_only=True)
+    for key, value in (("optimizer", {}), ("model", {}), ("torch_rng", torch.zeros(3)), ("epoch", "x")):
+        torch.save({**good, key: value}, ck_path)
+        argv = ["train", "tiny", "--data", str(data), "--out", str(tmp_path / "run"), "--resume", "--cache-dir", cache,
+                "--set", "epochs=2", "--set", "batch_size=16"]  # fmt: skip
+        assert main(argv) == 2, key
+        assert "does not fit this run" in capsys.readouterr().err

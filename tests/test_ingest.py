@@ -155,3 +155,26 @@ def test_a_killed_cache_write_leaves_no_orphan_and_a_damaged_cache_is_rebuilt(tm
         assert _load(tiny_zip[0], tmp_path).info["from_cache"]
     (folder / "index.json").write_text("{not json")
     assert not _load(tiny_zip[0], tmp_path).info["from_cache"]
+
+
+def test_damaged_cache_files_of_any_kind_are_rebuilt_never_trusted_or_hung_on(tmp_path, tiny_zip):
+    first = _load(tiny_zip[0], tmp_path)
+    folder = Path(first.info["cache"])
+    images = next(folder.glob("images-gray-*.npy"))
+    split = next(folder.glob("split-*.npy"))
+    damages = {
+        "wrong shape": lambda: np.save(images, np.zeros((len(first), 5, 5), np.uint8)),
+        "wrong dtype": lambda: np.save(images, np.zeros(first.images.shape, np.float64)),
+        "bad split values": lambda: np.save(split, np.full(len(first), 7, np.int8)),
+        "a folder": lambda: (images.unlink(), images.mkdir()),
+        "a pipe": lambda: (images.unlink(), os.mkfifo(images)),
+        "/dev/zero": lambda: ((folder / "index.json").unlink(), os.symlink("/dev/zero", folder / "index.json")),
+        "a bad label": lambda: (folder / "manifest.csv").write_text(
+            (folder / "manifest.csv").read_text().replace(",anger,", ",evil,", 1)),
+    }  # fmt: skip
+    for name, damage in damages.items():
+        damage()
+        again = _load(tiny_zip[0], tmp_path)
+        np.testing.assert_array_equal(again.images, first.images, err_msg=name)
+        np.testing.assert_array_equal(again.split, first.split, err_msg=name)
+        np.testing.assert_array_equal(again.labels, first.labels, err_msg=name)

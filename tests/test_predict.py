@@ -68,3 +68,25 @@ def test_as_image_batch_normalises_shapes_and_types():
     assert as_image_batch(GRAY).shape == (4, 40, 40) and as_image_batch(GRAY).dtype == np.uint8
     np.testing.assert_array_equal(as_image_batch(RGB / 255.0), RGB)
     assert as_image_batch(torch.from_numpy(GRAY)).shape == (4, 40, 40)
+
+
+def test_tensors_of_any_kind_follow_the_same_contract(predictor):
+    base = predictor.predict_proba(RGB)
+    half = torch.from_numpy(RGB / 255.0).to(torch.bfloat16)
+    assert predictor.predict_proba(half).shape == (4, 8)
+    np.testing.assert_allclose(predictor.predict_proba(torch.from_numpy(RGB)), base, atol=1e-6)
+    for odd in (torch.zeros((2, 40, 40), device="meta"), torch.zeros((2, 40, 40)).to_sparse()):
+        with pytest.raises(ValueError, match="dense tensor"):
+            predictor.predict_proba(odd)
+
+
+def test_an_empty_batch_embeds_to_zero_rows_of_the_right_width(predictor, tmp_path, tiny_dataset):
+    emb = predictor.embed(RGB)
+    assert predictor.embed(np.zeros((0, 40, 40), np.uint8)).shape == (0, emb.shape[1])
+    from emodetect.data.transforms import to_pixel_rows
+    from emodetect.models.artifact import save_pipeline
+
+    tr = tiny_dataset.subset("train")
+    pipe = create_model("logreg", pca__n_components=5).fit(to_pixel_rows(tr.images, get_spec("logreg").preprocess), tr.labels)
+    sk = Predictor(load_artifact(save_pipeline(tmp_path / "p.skops", pipe, "logreg", get_spec("logreg").preprocess, {})))
+    assert sk.embed(np.zeros((0, 96, 96), np.uint8)).shape == (0, 5)

@@ -212,3 +212,62 @@ def test_an_oversized_csv_field_is_a_clear_error_that_never_blocks_folder_labels
     assert len(ds) == 16 and any("field larger than field limit" in w for w in ds.info["warnings"])
     with pytest.raises(EmodetectError, match="field larger than field limit"):
         load_dataset(root, label_source="csv", cache_dir=tmp_path / "c", progress=False)
+
+
+def _overlap_bomb(path, n_members: int = 40, kernel_mb: int = 3):
+    """Members that all share one deflate stream through quoted local headers (Fifield's overlapping bomb)."""
+    import zlib
+
+    raw = b"\xff\xd8" + b"\xff" * (kernel_mb * 1_000_000) + bytes(range(256)) * 100
+    co = zlib.compressobj(9, zlib.DEFLATED, -15)
+    kernel = co.compress(raw) + co.flush()
+    names = [f"anger/{i:05d}.jpg".encode() for i in range(n_members)]
+
+    def local(name, crc, csize, usize):
+        return struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 8, 0, 0x21, crc, csize, usize, len(name), 0) + name
+
+    usize, csize, crc, headers, suffix = [0] * n_members, [0] * n_members, [0] * n_members, [None] * n_members, b""
+    for i in range(n_members - 1, -1, -1):
+        if i == n_members - 1:
+            usize[i], csize[i], crc[i] = len(raw), len(kernel), zlib.crc32(raw)
+        else:
+            usize[i] = len(suffix) + len(raw)
+            csize[i] = csize[i + 1] + 5 + len(headers[i + 1])
+            crc[i] = zlib.crc32(raw, zlib.crc32(suffix))
+        headers[i] = local(names[i], crc[i], csize[i], usize[i])
+        suffix = headers[i] + suffix
+    body, offsets = bytearray(), []
+    for i in range(n_members):
+        offsets.append(len(body))
+        body += headers[i]
+        if i < n_members - 1:
+            size = len(headers[i + 1])
+            body += struct.pack("<BHH", 0, size, size ^ 0xFFFF)
+    body += kernel
+    cd = bytearray()
+    for i in range(n_members):
+        cd += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 8, 0, 0x21, crc[i], csize[i], usize[i],
+                          len(names[i]), 0, 0, 0, 0, 0, offsets[i]) + names[i]  # fmt: skip
+    path.write_bytes(bytes(body) + bytes(cd) + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, n_members, n_members,
+                                                            len(cd), len(body), 0))  # fmt: skip
+    return path
+
+
+def test_an_overlapping_member_zip_bomb_is_refused_from_its_directory(tmp_path):
+    bomb = _overlap_bomb(tmp_path / "bomb.zip")
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(EmodetectError, match="zip bomb"):
+        scan(Source(bomb))
+
+
+def test_files_that_would_block_or_never_end_are_not_read(tmp_path):
+    root = tmp_path / "d"
+    make_dataset(root, n_per_class=2, with_csv=False)
+    if os.path.exists("/proc/kmsg"):
+        os.symlink("/proc/kmsg", root / "anger" / "kmsg.jpg")  # a "regular" file whose read blocks
+    os.symlink("/proc", root / "fear" / "proc")  # a pseudo-filesystem is never walked
+    cmd = [sys.executable, "-m", "emodetect", "ingest", str(root), "--cache-dir", str(tmp_path / "c")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    ds = load_dataset(root, cache_dir=tmp_path / "c", progress=False)
+    assert len(ds) == 16

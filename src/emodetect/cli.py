@@ -30,14 +30,24 @@ def _seed(text: str) -> int:
 
 
 def _folder_arg(path: Path | None, flag: str) -> None:
-    """A folder the command will write into: it may not exist yet, but it must not be a file."""
-    if path is not None and path.exists() and not path.is_dir():
-        raise EmodetectError(f"{flag} {path} is a file; give a folder")
+    """A folder the command will write into: it may not exist yet, but neither it nor a parent may be a file."""
+    if path is None:
+        return
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise EmodetectError(f"{flag} {path}: {p} is a file; give a folder")
+            break
+
+
+def _printable(text: str) -> str:
+    """Text from the data (file names, CSV fields) with control characters escaped: one line stays one line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
 
 
 def _print_warnings(info: dict) -> None:
     for w in info.get("warnings", []):
-        print(f"warning: {w}", file=sys.stderr)
+        print(f"warning: {_printable(w)}", file=sys.stderr)
 
 
 def _add_data_options(p: argparse.ArgumentParser, mode_default: str | None = "gray") -> None:
@@ -90,7 +100,7 @@ def cmd_ingest(args) -> int:
         reasons = info.get("unreadable_reasons") or dict.fromkeys(info["unreadable"], "unreadable")
         print(f"skipped {len(reasons)} unreadable images:")
         for path, why in list(reasons.items())[:10]:
-            print(f"  {path}: {why}")
+            print(f"  {_printable(path)}: {_printable(why)}")
         if len(reasons) > 10:
             print(f"  ... and {len(reasons) - 10} more")
     if info["n_ignored_files"]:
@@ -202,6 +212,7 @@ def cmd_study(args) -> int:
 def cmd_ship(args) -> int:
     from emodetect.ship import WEIGHTS_DIR, ship
 
+    _folder_arg(args.dest, "--dest")
     ship(args.run_dir, args.dest or WEIGHTS_DIR, name=args.name, data=args.data, cache_dir=args.cache_dir,
          command=args.command_note or "")
     return 0
@@ -289,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         _folder_arg(getattr(args, "cache_dir", None), "--cache-dir")
         return args.func(args)
     except EmodetectError as exc:
-        print(f"emodetect: error: {exc}", file=sys.stderr)
+        print(f"emodetect: error: {_printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("emodetect: interrupted", file=sys.stderr)
@@ -300,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line for the user, the traceback on request
         if os.environ.get("EMODETECT_DEBUG"):
             raise
-        print(f"emodetect: internal error: {type(exc).__name__}: {exc} (set EMODETECT_DEBUG=1 for the traceback "
-              "and please report it)", file=sys.stderr)  # fmt: skip
+        print(f"emodetect: internal error: {type(exc).__name__}: {_printable(exc)} (set EMODETECT_DEBUG=1 for the "
+              "traceback and please report it)", file=sys.stderr)  # fmt: skip
         return 1
 
 

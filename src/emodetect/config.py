@@ -24,7 +24,10 @@ def _fail(owner: str, name: str, rule: str, value) -> None:
 
 
 def _number(owner, name, v, lo=-math.inf, hi=math.inf, lo_open=False) -> None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    try:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        ok = False
     ok = ok and (v > lo if lo_open else v >= lo) and v <= hi
     if not ok:
         low = f"> {lo:g}" if lo_open else f">= {lo:g}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -68,13 +69,42 @@ def write_json(path: str | os.PathLike, obj, indent: int | None = 1) -> Path:
     return atomic_write(path, to_json(obj, indent))
 
 
-def read_json(path: str | os.PathLike, max_bytes: int = 64 * 1024 * 1024):
-    """The JSON value in `path`, or None when the file is missing, unreadable, oversized or not JSON."""
+def is_regular_file(path: str | os.PathLike) -> bool:
+    """A regular file (links followed): never a folder, pipe, socket or device, which could hang a reader."""
     try:
-        path = Path(path)
-        if path.stat().st_size > max_bytes:
-            return None
-        return json.loads(path.read_text())
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def read_regular(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most max_bytes; OSError (with the reason) for anything else.
+
+    Opened without blocking and checked on the open handle: a named pipe, a device such as /dev/zero or a
+    /proc file that blocks on read is refused, never read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        if st.st_size > max_bytes:
+            raise OSError(f"{path} has {st.st_size:,} bytes, over the limit of {max_bytes:,}")
+        if st.st_size == 0:  # nothing to read (and /proc files that report 0 may block)
+            return b""
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise OSError(f"{path} grew beyond the limit of {max_bytes:,} bytes")
+    return data
+
+
+def read_json(path: str | os.PathLike, max_bytes: int = 64 * 1024 * 1024):
+    """The JSON value in `path`, or None when the file is missing, not a regular file, oversized or not JSON."""
+    try:
+        return json.loads(read_regular(path, max_bytes))
     except (OSError, ValueError, RecursionError):
         return None
 

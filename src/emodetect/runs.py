@@ -36,6 +36,7 @@ from emodetect.models.artifact import (
 from emodetect.models.predict import Predictor
 from emodetect.models.registry import ModelConfig, resolve_model_config
 from emodetect.training import fit_network, fit_pipeline
+from emodetect.training.loop import CHECKPOINT
 
 MODEL_FILE = {"torch": "model.safetensors", "sklearn": "model.skops"}
 
@@ -85,6 +86,8 @@ def train(model: str | ModelConfig, data, out_dir, *, params: dict | None = None
     once, and score the saved file on val and test; returns what it writes to `out_dir/metrics.json`."""
     cfg = model if isinstance(model, ModelConfig) else resolve_model_config(model, params)
     out = Path(out_dir)
+    if resume and not (out / CHECKPOINT).is_file():
+        raise EmodetectError(f"--resume: no checkpoint at {out / CHECKPOINT}")
     ds, tr, va, te = load_splits(data, data_cfg, cfg.preprocess.mode, cache_dir, progress)
     out.mkdir(parents=True, exist_ok=True)
     log(f"{cfg.name}: train {len(tr):,}, val {len(va):,}, test {len(te):,} images ({ds.info['label_source']} labels)")

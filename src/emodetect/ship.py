@@ -8,6 +8,7 @@ the machine the run recorded, never written for one particular model.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from emodetect.errors import EmodetectError
 from emodetect.evaluation.calibration import reliability
 from emodetect.evaluation.evaluate import split_metrics
 from emodetect.evaluation.metrics import most_confused_pairs
+from emodetect.files import atomic_write
 from emodetect.labels import CLASSES
 from emodetect.models.artifact import SHIPPED_MODELS, load_artifact, save_network
 from emodetect.models.predict import Predictor
@@ -42,19 +44,26 @@ def ship(run_dir, dest_dir=WEIGHTS_DIR, *, name: str = "default", data=None, cac
     src = run.artifact
     if src.kind != "torch":
         raise EmodetectError(f"{run_dir}: only networks ship (this run is a {src.kind} model)")
+    missing = [k for k in ("val", "test", "config", "n_train", "train_seconds") if k not in run.record]
+    if missing:
+        raise EmodetectError(f"{run_dir}/metrics.json lacks {', '.join(missing)}: not a finished run")
     dest = Path(dest_dir)
+    if dest.exists() and not dest.is_dir():
+        raise EmodetectError(f"--dest {dest} is a file; give a folder")
+    test = run.load_splits(data, cache_dir)[3]  # everything is checked before anything is written
     meta = {k: v for k, v in src.meta.items() if k not in _NOT_COPIED}
-    path = save_network(dest / SHIPPED_MODELS[name], src.model, src.name, src.preprocess, meta,
-                        model_kwargs=src.meta.get("model_kwargs"), half=True)  # fmt: skip
-    size = path.stat().st_size
-    if size > MAX_BYTES[name]:
-        path.unlink()
-        raise EmodetectError(f"{run_dir}: {size / 1e6:.1f} MB in float16, over the {MAX_BYTES[name] / 1e6:.0f} MB "
-                             f"limit for the {name} model")  # fmt: skip
-    shipped = load_artifact(path)
-    test = run.load_splits(data, cache_dir)[3]
-    card = card_numbers(shipped, run.record, test, Predictor(src).predict(test.images), size, command, name)
-    (dest / card_file(name)).write_text(model_card(card))
+    with tempfile.TemporaryDirectory() as tmp:  # the shipped files change only when all of them are ready
+        staged = save_network(Path(tmp) / SHIPPED_MODELS[name], src.model, src.name, src.preprocess, meta,
+                              model_kwargs=src.meta.get("model_kwargs"), half=True)  # fmt: skip
+        size = staged.stat().st_size
+        if size > MAX_BYTES[name]:
+            raise EmodetectError(f"{run_dir}: {size / 1e6:.1f} MB in float16, over the {MAX_BYTES[name] / 1e6:.0f} MB "
+                                 f"limit for the {name} model")  # fmt: skip
+        shipped = load_artifact(staged)
+        card = card_numbers(shipped, run.record, test, Predictor(src).predict(test.images), size, command, name)
+        dest.mkdir(parents=True, exist_ok=True)
+        atomic_write(dest / card_file(name), model_card(card))
+        path = atomic_write(dest / SHIPPED_MODELS[name], staged.read_bytes())
     m = card["test"]
     log(f"shipped {shipped.name} as {name!r} ({size / 1e6:.2f} MB float16): test accuracy {m['accuracy']:.4f}, "
         f"macro-F1 {m['macro_f1']:.4f}; {path}")  # fmt: skip

@@ -22,18 +22,23 @@ def prepare(embeddings: np.ndarray, max_dims: int = 50, random_state: int = 0) -
 
 def cluster(embeddings: np.ndarray, labels: np.ndarray, n_clusters: int | None = None, random_state: int = 0) -> dict:
     """K-Means with k = number of classes present; ARI, NMI against the true labels, silhouettes."""
-    k = n_clusters or len(np.unique(labels))
+    k = min(n_clusters or len(np.unique(labels)), len(embeddings))
     km = KMeans(n_clusters=k, n_init=10, random_state=random_state).fit(embeddings)
     sample = min(len(embeddings), 5000)  # silhouette is O(n^2)
+
+    def silhouette(assign) -> float:  # defined for 2 to n - 1 groups only
+        if not 2 <= len(np.unique(assign)) <= len(embeddings) - 1:
+            return float("nan")
+        return float(silhouette_score(embeddings, assign, sample_size=sample, random_state=random_state))
+
     return {
         "k": int(k),
         "assignments": km.labels_,
         "ari": float(adjusted_rand_score(labels, km.labels_)),
         "nmi": float(normalized_mutual_info_score(labels, km.labels_)),
-        "silhouette_clusters": float(silhouette_score(embeddings, km.labels_, sample_size=sample, random_state=random_state)),
-        "silhouette_true_labels": float(silhouette_score(embeddings, labels, sample_size=sample, random_state=random_state))
-        if len(np.unique(labels)) > 1 else float("nan"),
-    }  # fmt: skip
+        "silhouette_clusters": silhouette(km.labels_),
+        "silhouette_true_labels": silhouette(labels),
+    }
 
 
 def tsne(embeddings: np.ndarray, random_state: int = 0) -> np.ndarray:

@@ -61,8 +61,8 @@ def _forest_leaves(x: np.ndarray, rng: np.random.Generator, leaf_size: int, spil
         proj = x[idx] @ normal
         lo, hi = np.quantile(proj, [0.5 - spill, 0.5 + spill])
         left, right = idx[proj <= hi], idx[proj > lo]
-        if len(left) == len(idx) or len(right) == len(idx):  # ties: cannot split further
-            out.append(idx)
+        if len(left) == len(idx) or len(right) == len(idx):  # ties: cannot split; keep leaves bounded anyway
+            out += [idx[k : k + leaf_size] for k in range(0, len(idx), leaf_size)]
             continue
         stack += [left, right]
     return out
@@ -76,15 +76,22 @@ def candidate_pairs(thumbs: np.ndarray, threshold: float = CANDIDATE_COSINE, k: 
     n = len(thumbs)
     if n < 2:
         return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+    # images with the very same thumbnail: one stands for all in the search, the others pair with it alone
+    # (thousands of copies would otherwise fill one leaf and cost thousands squared)
+    _, rep_of_unique, inverse = np.unique(thumbs, axis=0, return_index=True, return_inverse=True)
+    reps = np.sort(rep_of_unique)
+    star = np.nonzero(rep_of_unique[inverse.ravel()] != np.arange(n))[0]
+    found = [np.stack([rep_of_unique[inverse.ravel()[star]], star], 1)]
+    sims = [np.ones(len(star), np.float32)]
     rng = np.random.default_rng(seed)
-    found, sims = [], []
-    for _ in range(1 if n <= leaf_size else n_trees):  # one leaf holding everything is already exact
-        for idx in _forest_leaves(thumbs, rng, leaf_size, spill):
-            sim = thumbs[idx] @ thumbs[idx].T  # (m, m)
-            i, j = np.nonzero(np.triu(sim > threshold, 1))  # idx is sorted, so idx[i] < idx[j]
-            found.append(np.stack([idx[i], idx[j]], 1))
+    x = thumbs[reps]
+    for _ in range(1 if len(reps) <= leaf_size else n_trees):  # one leaf holding everything is already exact
+        for idx in _forest_leaves(x, rng, leaf_size, spill):
+            sim = x[idx] @ x[idx].T  # (m, m)
+            i, j = np.nonzero(np.triu(sim > threshold, 1))  # idx is sorted, so reps[idx[i]] < reps[idx[j]]
+            found.append(np.stack([reps[idx[i]], reps[idx[j]]], 1))
             sims.append(sim[i, j])
-    pairs = np.concatenate(found).astype(np.int64)
+    pairs = np.sort(np.concatenate(found).astype(np.int64), axis=1)
     if not len(pairs):
         return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
     pairs, first = np.unique(pairs, axis=0, return_index=True)  # the same pair from several trees: once

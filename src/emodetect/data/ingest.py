@@ -19,6 +19,8 @@ import csv
 import hashlib
 import io
 import os
+import re
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,8 +34,16 @@ from emodetect.data.decode import COLOR_MODES, UnreadableImage, convert_color, d
 from emodetect.data.source import Layout, Source, UnreadableFile, scan
 from emodetect.data.split import make_split
 from emodetect.errors import EmodetectError
-from emodetect.files import atomic_save_npy, atomic_write, read_json, remove_stale_temp_files, write_json
-from emodetect.labels import labels_to_indices
+from emodetect.files import (
+    atomic_save_npy,
+    atomic_write,
+    is_regular_file,
+    read_json,
+    read_regular,
+    remove_stale_temp_files,  # fmt: skip
+    write_json,
+)
+from emodetect.labels import CLASSES, labels_to_indices
 
 CACHE_VERSION = 1
 LABEL_SOURCES = ("folder", "csv")
@@ -135,7 +145,7 @@ def _open_cache(data, cache_dir, mode: str, size: int, split: bool, progress: bo
             index, images = _build(source, folder, fingerprint, mode, size, progress, find_duplicates=split)
             manifest = _read_manifest(folder / "manifest.csv", index["n_images"])
         else:
-            images = _load_array(images_file, len(manifest["path"]))
+            images = _load_array(images_file, len(manifest["path"]), _image_shape(mode, size))
             if images is None:
                 images = _decode_cached(source, manifest["path"], mode, size, progress)
                 atomic_save_npy(images_file, images)
@@ -151,7 +161,7 @@ def _stored_split(folder: Path, index: dict, manifest: dict, seed: int, fraction
     if not index.get("dedup", True):
         return None, np.full(len(manifest["path"]), -1, np.int8)
     split_file = folder / f"split-{seed}-{'-'.join(f'{f:g}' for f in fractions)}.npy"
-    assigned = _load_array(split_file, len(manifest["path"]))
+    assigned = _load_split(split_file, len(manifest["path"]))
     if assigned is None:
         assigned = make_split(labels_to_indices(manifest["folder_label"]), manifest["dup_group"], fractions, seed)
         atomic_save_npy(split_file, assigned)
@@ -203,7 +213,21 @@ def _cache_folder(cache_dir, fingerprint: str) -> Path:
         raise EmodetectError(f"cannot use {folder.parent} as the cache folder: a file is in the way") from None
     except OSError as exc:
         raise EmodetectError(f"cannot create the cache folder {folder}: {exc.strerror or exc}") from None
+    _clear_foreign_entries(folder)
     return folder
+
+
+_CACHE_FILES = re.compile(r"^(index\.json|manifest\.csv|images-\w+-\d+\.npy|split-.*\.npy)$")
+
+
+def _clear_foreign_entries(folder: Path) -> None:
+    """The cache folder is ours: a folder, pipe, device or link where one of our files belongs is damage, removed."""
+    for entry in folder.iterdir():
+        if _CACHE_FILES.match(entry.name) and (entry.is_symlink() or not is_regular_file(entry)):
+            try:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            except OSError as exc:
+                raise EmodetectError(f"cache file {entry} is damaged and cannot be removed: {exc.strerror}") from None
 
 
 def _build(source: Source, folder: Path, fingerprint: str, mode: str, size: int, progress: bool,
@@ -256,7 +280,7 @@ def _add_duplicate_groups(source: Source, folder: Path, index: dict, manifest: d
     """Run the duplicate search on a cache that was built without it, and record the groups."""
     t0 = time.perf_counter()
     gray_file = folder / f"images-gray-{DEDUP_SIZE}.npy"
-    gray = _load_array(gray_file, len(manifest["path"]))
+    gray = _load_array(gray_file, len(manifest["path"]), _image_shape("gray", DEDUP_SIZE))
     if gray is None:
         gray = _decode_cached(source, manifest["path"], "gray", DEDUP_SIZE, progress)
         atomic_save_npy(gray_file, gray)
@@ -354,19 +378,43 @@ def _make_manifest(layout: Layout, ok, extra) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------------------------ files
 
 
-def _load_array(path: Path, n: int) -> np.ndarray | None:
-    """A cached array with n rows, or None when it is missing, truncated or damaged."""
+def _load_array(path: Path, n: int, shape: tuple | None = None, dtype=np.uint8) -> np.ndarray | None:
+    """A cached array of n rows (each of `shape`, of `dtype`), or None when it is missing, damaged or not a
+    regular file (the cache is then rebuilt: a pipe or a device in its place is never read)."""
+    if not is_regular_file(path):
+        return None
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError):
         return None
-    return array if len(array) == n else None
+    if len(array) != n or array.dtype != dtype or (shape is not None and array.shape[1:] != shape):
+        return None
+    return array
+
+
+def _image_shape(mode: str, size: int) -> tuple:
+    return (size, size) if mode == "gray" else (size, size, 3)
+
+
+def _load_split(path: Path, n: int) -> np.ndarray | None:
+    split = _load_array(path, n, (), np.int8)
+    return split if split is not None and np.isin(split, (0, 1, 2)).all() else None
+
+
+_INDEX_TYPES = {"n_images": int, "unreadable": list, "n_ignored_files": int, "n_csv_rows_without_image": int,
+                "fingerprint": str}  # fmt: skip
 
 
 def _read_index(path: Path) -> dict | None:
+    """The cache's index, or None when it is missing or damaged (wrong version or field types)."""
     index = read_json(path)
-    ok = isinstance(index, dict) and index.get("version") == CACHE_VERSION and isinstance(index.get("n_images"), int)
-    return index if ok else None
+    if not isinstance(index, dict) or index.get("version") != CACHE_VERSION:
+        return None
+    if not all(isinstance(index.get(k), t) and not isinstance(index.get(k), bool) for k, t in _INDEX_TYPES.items()):
+        return None
+    if not isinstance(index.get("warnings", []), list) or not isinstance(index.get("unreadable_reasons", {}), dict):
+        return None
+    return index
 
 
 _INT_COLUMNS = ("width", "height", "exact_group", "dup_group")
@@ -384,10 +432,9 @@ def _write_manifest(path: Path, manifest: dict[str, np.ndarray]) -> None:
 def _read_manifest(path: Path, n_rows: int) -> dict[str, np.ndarray] | None:
     """The cached manifest, or None when it is missing, truncated or damaged (the cache is then rebuilt)."""
     try:
-        with open(path, newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader)
-            columns = list(zip(*reader))
+        reader = csv.reader(io.StringIO(read_regular(path, 1 << 30).decode("utf-8"), newline=""))
+        header = next(reader)
+        columns = list(zip(*reader))
         if tuple(header) != MANIFEST_COLUMNS or not columns or len(columns[0]) != n_rows:
             return None
         out = {}
@@ -398,6 +445,9 @@ def _read_manifest(path: Path, n_rows: int) -> dict[str, np.ndarray] | None:
                 out[name] = np.array([float(v) if v else np.nan for v in values])
             else:
                 out[name] = np.array(values, dtype=object)
+        known = set(CLASSES)
+        if not set(out["folder_label"]) <= known or not set(out["csv_label"]) <= known | {""}:
+            return None
         return out
-    except (OSError, ValueError, StopIteration, csv.Error):
+    except (OSError, ValueError, StopIteration, csv.Error, KeyError):
         return None

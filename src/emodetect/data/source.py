@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from emodetect.errors import EmodetectError
+from emodetect.files import read_regular
 from emodetect.labels import CLASSES, canonical_label
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
@@ -34,6 +35,7 @@ LABELS_CSV = "labels.csv"
 MAX_FILE_BYTES = 256 * 1024 * 1024  # one image file (or zip member) at most; a 50-megapixel TIFF fits
 MAX_CSV_BYTES = 64 * 1024 * 1024
 MAX_ZIP_RATIO = 200  # images compress a few times at most; a member claiming more is a zip bomb
+_SYSTEM_DIRS = ("/proc", "/sys", "/dev")  # pseudo-filesystems: never part of a dataset, and walking them can fail
 _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 
 
@@ -92,24 +94,12 @@ def read_zip_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int = 
 
 def read_regular_file(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """The bytes of a regular file, read with a size cap; `UnreadableFile` for anything else or on any fault."""
+    if not os.path.lexists(path) or not os.path.exists(path):
+        raise UnreadableFile("missing file or dangling symbolic link")
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise UnreadableFile("missing file or dangling symbolic link") from None
+        return read_regular(path, max_bytes)
     except OSError as exc:
-        raise UnreadableFile(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise UnreadableFile("not a regular file")
-    if st.st_size > max_bytes:
-        raise UnreadableFile(f"{st.st_size:,} bytes, over the {max_bytes:,}-byte limit per file")
-    try:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
-    except OSError as exc:
-        raise UnreadableFile(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
-    if len(data) > max_bytes:
-        raise UnreadableFile(f"grew beyond the {max_bytes:,}-byte limit per file")
-    return data
+        raise UnreadableFile(f"cannot be read ({exc.strerror or str(exc)[:160]})") from None
 
 
 class Source:
@@ -140,6 +130,10 @@ class Source:
                 infos = [i for i in self._zip.infolist() if not i.is_dir()]
             except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
                 raise EmodetectError(f"cannot read zip archive {self.path}: {exc}") from None
+            declared, size = sum(i.file_size for i in infos), self.path.stat().st_size
+            if declared > MAX_ZIP_RATIO * size + (64 << 20):  # members sharing their data: an overlap zip bomb
+                raise EmodetectError(f"{self.path} declares {declared:,} bytes of members in a {size:,}-byte archive "
+                                     "(a zip bomb); refusing to read it")  # fmt: skip
             return {i.filename: i for i in sorted(infos, key=lambda i: i.filename) if not _is_hidden(i.filename)}
         return self._walk_folder()
 
@@ -148,8 +142,10 @@ class Source:
         seen_dirs = set()
         for root, dirs, files in os.walk(self.path, followlinks=True):
             real = os.path.realpath(root)
-            if real in seen_dirs:  # a symlink loop or a second link to the same folder: read it once
-                self.ignored.append(Path(root).relative_to(self.path).as_posix() + "/ (symlink loop)")
+            system = any(real == d or real.startswith(d + "/") for d in _SYSTEM_DIRS)
+            if real in seen_dirs or system:  # a symlink loop, a second link to a folder, or /proc, /sys, /dev
+                why = "symlink loop" if real in seen_dirs else "system folder"
+                self.ignored.append(Path(root).relative_to(self.path).as_posix() + f"/ ({why})")
                 dirs[:] = []
                 continue
             seen_dirs.add(real)
@@ -162,8 +158,10 @@ class Source:
                 try:
                     st = full.stat()
                 except OSError:  # a dangling symlink or a permission problem: named when it is read
-                    st = full.lstat()
-                    entries[rel] = (-1, st.st_mtime_ns)
+                    try:
+                        entries[rel] = (-1, full.lstat().st_mtime_ns)
+                    except OSError:  # gone since it was listed
+                        pass
                     continue
                 if stat.S_ISREG(st.st_mode):
                     entries[rel] = (st.st_size, st.st_mtime_ns)
@@ -193,6 +191,8 @@ class Source:
         else:
             for rel, (size, mtime) in self._entries.items():
                 h.update(f"{rel}\t{size}\t{mtime}\n".encode())
+            for rel in self.ignored:  # special files change what a scan reports
+                h.update(f"{rel}\tspecial\n".encode())
         return h.hexdigest()
 
     def close(self) -> None:

@@ -50,7 +50,10 @@ def as_image_batch(images) -> np.ndarray:
     the problem: NaN or out-of-range values, 4 channels, channels-first (N, C, H, W) arrays, bool, uint16.
     """
     if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
+        if images.layout != torch.strided or images.device.type == "meta":
+            raise ValueError(f"images must be a dense tensor with data, got a {images.layout} tensor on {images.device}")
+        images = images.detach().cpu()
+        images = (images.float() if images.dtype in (torch.bfloat16, torch.float16) else images).numpy()
     try:
         x = np.asarray(images)
     except ValueError:

@@ -38,6 +38,7 @@ FORMAT_VERSION = 1
 MAX_PARAMETERS = 50_000_000  # far above any model here (EfficientNet-Lite2: 6 M); a file naming more is refused
 MAX_INPUT_SIZE = 512
 MAX_SKOPS_BYTES = 2 << 30  # all members of a .skops file together, uncompressed (a Random Forest is ~0.3 GB)
+MAX_SCHEMA_BYTES = 32 << 20  # its schema.json (a 300-tree forest: ~7 MB); JSON can grow ~30x in memory
 
 # (skops loader, module.type) pairs that this project's own pipelines are saved with, found by saving every
 # registered pipeline (`tests/test_artifact.py` does so and checks that each loads); nothing else loads.
@@ -192,27 +193,18 @@ def _invalid(path, msg: str) -> EmodetectError:
 
 
 def _finite_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_option(path, key: str, v, depth: int = 0) -> None:
-    """A model option from a file: a bool, a number in [0, 4096], or a short list of those."""
-    if isinstance(v, bool):
-        return
-    if _finite_number(v):
-        if not 0 <= v <= 4096:
-            raise _invalid(path, f"model option {key}={v} is out of range")
-        return
-    if isinstance(v, list) and depth == 0 and len(v) <= 16:
-        for item in v:
-            _check_option(path, key, item, depth + 1)
-        return
-    raise _invalid(path, f"model option {key} has an unsupported value")
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def validate_meta(meta, kind: str, path="model") -> dict:
     """Check a model description read from a file (or about to be written); raises EmodetectError."""
-    from emodetect.models.registry import get_spec
+    from emodetect.config import DataConfig
+    from emodetect.models.registry import check_model_options, get_spec
 
     if not isinstance(meta, dict):
         raise _invalid(path, "its description is not a JSON object")
@@ -245,24 +237,30 @@ def validate_meta(meta, kind: str, path="model") -> dict:
         v = pre[key]
         if not isinstance(v, list) or len(v) != channels or not all(_finite_number(x) and abs(x) <= 10 for x in v):
             raise _invalid(path, f"preprocess {key} must be {channels} finite numbers")
-    if any(s <= 0 for s in pre["std"]):
-        raise _invalid(path, "preprocess std must be positive")
+    if any(s < 1e-3 for s in pre["std"]):
+        raise _invalid(path, "preprocess std must be at least 0.001")
     t = meta.get("temperature", 1.0)
     if not _finite_number(t) or not 0.01 <= t <= 100:
         raise _invalid(path, "temperature must be a number from 0.01 to 100")
     if "tta_flip" in meta and not isinstance(meta["tta_flip"], bool):
         raise _invalid(path, "tta_flip must be true or false")
+    source = meta.get("source")
+    if source is not None and not (isinstance(source, str) or (isinstance(source, list) and all(isinstance(x, str) for x in source))):
+        raise _invalid(path, "source must be a path or a list of paths")
+    if "data" in meta:
+        if not isinstance(meta["data"], dict):
+            raise _invalid(path, "data must be an object of data options")
+        try:
+            DataConfig(**meta["data"])
+        except (EmodetectError, TypeError) as exc:
+            raise _invalid(path, f"data options: {str(exc)[:200]}") from None
     if kind == "torch":
         if meta.get("dtype") not in ("float16", "float32"):
             raise _invalid(path, "dtype must be float16 or float32")
-        kwargs = meta.get("model_kwargs")
-        if not isinstance(kwargs, dict):
-            raise _invalid(path, "model_kwargs must be an object")
-        unknown = set(kwargs) - set(spec.defaults)
-        if unknown:
-            raise _invalid(path, f"model {name!r} takes no option(s) {', '.join(sorted(map(str, unknown)))[:200]}")
-        for key, value in kwargs.items():
-            _check_option(path, key, value)
+        try:
+            check_model_options(spec, meta.get("model_kwargs"))
+        except EmodetectError as exc:
+            raise _invalid(path, str(exc)) from None
     return meta
 
 
@@ -316,7 +314,24 @@ def _load_network(path: Path) -> Artifact:
     model = create_model(meta["model"], **kwargs)
     model.load_state_dict(state, strict=False)  # every key was checked above; BatchNorm counters are not stored
     model.eval()
-    return Artifact(model, meta, path)
+    return _smoke_tested(Artifact(model, meta, path))
+
+
+def _smoke_tested(artifact: Artifact) -> Artifact:
+    """The artifact, once it has turned two blank faces into finite probabilities; else a clear error."""
+    from emodetect.models.predict import Predictor
+
+    pre = artifact.preprocess
+    blank = np.full((2, pre.size, pre.size) if pre.mode == "gray" else (2, pre.size, pre.size, 3), 128, np.uint8)
+    try:
+        proba = Predictor(artifact, batch_size=2).predict_proba(blank)
+    except MemoryError:
+        raise _invalid(artifact.path, "it needs more memory than there is to run") from None
+    except Exception as exc:  # attributes that do not fit together: the model cannot run
+        raise _invalid(artifact.path, f"it cannot run ({type(exc).__name__}: {str(exc)[:150]})") from None
+    if proba.shape != (2, len(CLASSES)) or not np.isfinite(proba).all():
+        raise _invalid(artifact.path, "its outputs are not finite probabilities")
+    return artifact
 
 
 # --------------------------------------------------------------------------------------------- pipelines
@@ -349,7 +364,14 @@ def _check_skops_archive(path: Path) -> list[str]:
                     raise _invalid(path, f"member {info.filename[:60]!r}: {problem}")
                 if info.filename.endswith(".npy"):
                     _check_npy_header(z, info, path)
-            schema = json.loads(z.read("schema.json"))
+            info = z.getinfo("schema.json")
+            if info.file_size > MAX_SCHEMA_BYTES:
+                raise _invalid(path, f"its schema declares {info.file_size:,} bytes (at most {MAX_SCHEMA_BYTES:,})")
+            with z.open(info) as f:
+                text = f.read(MAX_SCHEMA_BYTES + 1)
+            if len(text) > MAX_SCHEMA_BYTES:
+                raise _invalid(path, "its schema is larger than it declares")
+            schema = json.loads(text)
     except EmodetectError:
         raise
     except (zipfile.BadZipFile, KeyError, OSError, ValueError, RecursionError, EOFError, RuntimeError) as exc:
@@ -375,22 +397,55 @@ def _check_npy_header(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> 
         raise _invalid(path, f"member {info.filename[:60]!r} declares more data than it holds")
 
 
-def _check_trees(pipe, path: Path) -> None:
-    """Decision-tree node indices must point inside their tree and forward (scikit-learn does not check)."""
-    for step in pipe.steps:
-        for est in getattr(step[1], "estimators_", [step[1]]):
-            tree = getattr(est, "tree_", None)
-            if tree is None:
-                continue
-            n = tree.node_count
-            left, right, feat = tree.children_left, tree.children_right, tree.feature
-            idx = np.arange(n)
-            leaf = left == -1
-            ok = len(left) == len(right) == len(feat) == n and np.array_equal(leaf, right == -1)
-            ok = ok and bool(((left > idx) & (left < n) | leaf).all() and ((right > idx) & (right < n) | leaf).all())
-            ok = ok and bool(((feat >= 0) & (feat < tree.n_features) | leaf).all())
-            if not ok:
-                raise _invalid(path, "a decision tree has out-of-range nodes")
+def _check_pipeline(pipe, meta: dict, path: Path) -> None:
+    """The pipeline must be the one its model name builds, step by step and type by type, with inputs and
+    decision trees that fit; scikit-learn trusts tree indices at inference (an out-of-range one crashes)."""
+    from emodetect.models.registry import create_model
+
+    fresh = create_model(meta["model"])
+    names = [n for n, _ in getattr(pipe, "steps", [])]
+    if names != [n for n, _ in fresh.steps] or any(type(a) is not type(b) for (_, a), (_, b) in zip(pipe.steps, fresh.steps)):
+        raise _invalid(path, f"its pipeline does not have the layout of model {meta['model']!r}")
+    for _, step in pipe.steps:  # hyperparameters within scikit-learn's (and our) own bounds
+        if hasattr(step, "_validate_params"):
+            try:
+                step._validate_params()
+            except Exception as exc:
+                raise _invalid(path, f"step {type(step).__name__}: {str(exc).splitlines()[0][:150]}") from None
+    pre = meta["preprocess"]
+    n_in = pre["size"] * pre["size"] * (1 if pre["mode"] == "gray" else 3)
+    first = pipe.steps[0][1]
+    if getattr(first, "n_features_in_", n_in) != n_in or getattr(first, "size", pre["size"]) != pre["size"]:
+        raise _invalid(path, "its pipeline does not take the input its description states")
+    try:  # the width the classifier sees, from a blank row through the transforming steps (numpy only)
+        width = pipe[:-1].transform(np.zeros((1, n_in), np.float32)).shape[1] if len(pipe.steps) > 1 else n_in
+    except Exception as exc:
+        raise _invalid(path, f"its transforming steps cannot run ({type(exc).__name__})") from None
+    clf = pipe.steps[-1][1]
+    classes = np.asarray(getattr(clf, "classes_", []))
+    if classes.dtype.kind not in "iu" or len(classes) < 2 or len(set(classes.tolist())) != len(classes) or \
+            classes.min() < 0 or classes.max() >= len(meta["classes"]) or getattr(clf, "n_features_in_", width) != width:  # fmt: skip
+        raise _invalid(path, "its classifier's classes or input width do not fit the model")
+    for est in getattr(clf, "estimators_", []):
+        _check_tree(getattr(est, "tree_", None), width, path)
+
+
+def _check_tree(tree, width: int, path: Path) -> None:
+    """Node indices inside the tree and pointing forward; feature indices below the real input width."""
+    from sklearn.tree._tree import Tree
+
+    if type(tree) is not Tree:
+        raise _invalid(path, "a forest holds something other than a decision tree")
+    n = tree.node_count
+    left, right, feat = tree.children_left, tree.children_right, tree.feature
+    idx = np.arange(n)
+    leaf = left == -1
+    ok = tree.n_features == width and tree.n_outputs == 1 and len(left) == len(right) == len(feat) == n
+    ok = ok and tree.value.shape[0] == n and np.array_equal(leaf, right == -1)
+    ok = ok and bool(((left > idx) & (left < n) | leaf).all() and ((right > idx) & (right < n) | leaf).all())
+    ok = ok and bool(((feat >= 0) & (feat < width) | leaf).all())
+    if not ok:
+        raise _invalid(path, "a decision tree has out-of-range nodes or features")
 
 
 def _load_pipeline(path: Path) -> Artifact:
@@ -411,5 +466,5 @@ def _load_pipeline(path: Path) -> Artifact:
     except (ValueError, RecursionError):
         raise _invalid(path, "its description is not JSON") from None
     validate_meta(meta, "sklearn", path)
-    _check_trees(obj["pipeline"], path)
-    return Artifact(obj["pipeline"], meta, path)
+    _check_pipeline(obj["pipeline"], meta, path)
+    return _smoke_tested(Artifact(obj["pipeline"], meta, path))

@@ -16,6 +16,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
+from sklearn.utils._param_validation import Integral, Interval
 
 from emodetect.data.transforms import Preprocess
 from emodetect.models.registry import register_model
@@ -30,13 +31,26 @@ class FaceFeatures(TransformerMixin, BaseEstimator):
     patterns plus one bin for the rest, histogrammed in a ``lbp_grid`` x ``lbp_grid`` grid of cells.
     """
 
+    _parameter_constraints = {
+        "hog": ["boolean"],
+        "lbp": ["boolean"],
+        "lbp_grid": [Interval(Integral, 1, 16, closed="both")],
+        "size": [Interval(Integral, 16, 512, closed="both")],
+    }
+
     def __init__(self, hog: bool = True, lbp: bool = True, lbp_grid: int = 6, size: int = 96):
         self.hog = hog
         self.lbp = lbp
         self.lbp_grid = lbp_grid
         self.size = size
 
+    def _validate_params(self):
+        super()._validate_params()
+        if not (self.hog or self.lbp):
+            raise ValueError("FaceFeatures needs hog or lbp (or both) turned on")
+
     def fit(self, X, y=None):
+        self._validate_params()
         self.n_features_in_ = X.shape[1]
         return self
 

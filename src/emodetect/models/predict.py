@@ -99,9 +99,12 @@ class Predictor:
     def embed(self, images) -> np.ndarray:
         """The model's representation: a network's penultimate features, or a pipeline's classifier input."""
         images = as_image_batch(images)
+        if len(images) == 0:  # (0, D): the width of one blank face's embedding
+            blank = np.zeros((1, self.pre.size, self.pre.size) + ((3,) if self.pre.mode == "rgb" else ()), np.uint8)
+            return np.zeros((0, self.embed(blank).shape[1]), np.float32)
         if self.artifact.kind == "torch":
             return predict_logits(self.model, images, self.pre, batch_size=self.batch_size, features=True)
         from emodetect.models.classical import pipeline_embeddings
 
         return np.concatenate([pipeline_embeddings(self.model, to_pixel_rows(images[s : s + 2048], self.pre))
-                               for s in range(0, max(len(images), 1), 2048)])  # fmt: skip
+                               for s in range(0, len(images), 2048)])  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -102,16 +103,50 @@ class ModelConfig:
         return json.loads(json.dumps(raw))
 
 
+def _option_ok(value, default) -> bool:
+    """A network option next to its default: the same kind of value, within 16 times the default's size."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple)) and len(value) == len(default) and \
+            all(_option_ok(v, d) for v, d in zip(value, default))  # fmt: skip
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        if not math.isfinite(value):
+            return False
+    except OverflowError:
+        return False
+    if isinstance(default, float) and 0 <= default <= 1:  # a rate or probability (dropout, drop_path)
+        return 0 <= value < 1
+    if isinstance(default, int):
+        return isinstance(value, int) and 1 <= value <= max(16 * default, 16)
+    return 0 <= value <= 16 * abs(default)
+
+
+def check_model_options(spec: ModelSpec, options: dict, where: str = "") -> None:
+    """A network's options (model_kwargs) by name and value, before anything is built from them."""
+    if not isinstance(options, dict):
+        raise EmodetectError(f"{where}model options must be an object")
+    unknown = set(options) - set(spec.defaults)
+    if unknown:
+        raise EmodetectError(f"{where}model {spec.name!r} takes no option(s) {', '.join(sorted(map(str, unknown)))[:200]}; "
+                             f"it takes: {', '.join(sorted(spec.defaults)) or 'none'}")  # fmt: skip
+    for key, value in options.items():
+        if not _option_ok(value, spec.defaults[key]):
+            raise EmodetectError(f"{where}model option {key}={str(value)[:60]} is not valid for {spec.name!r} "
+                                 f"(default {spec.defaults[key]!r}; numbers up to 16 times the default)")  # fmt: skip
+
+
 def resolve_model_config(model: str, params: dict | None = None) -> ModelConfig:
     """The full configuration of `model` with `params` applied; unknown models and options are errors."""
     spec = get_spec(model)
     params = dict(params or {})
+    if "model" in params and params["model"] != model:
+        raise EmodetectError(f"the model is {model!r}: it is named on the command line, not with --set model=...")
     if spec.kind == "torch":
         cfg = merge(TrainConfig(model=model), params)
-        unknown = set(cfg.model_kwargs) - set(spec.defaults)
-        if unknown:
-            raise EmodetectError(f"model {model!r} takes no option(s) {', '.join(sorted(unknown))}; "
-                                 f"it takes: {', '.join(sorted(spec.defaults)) or 'none'}")  # fmt: skip
+        check_model_options(spec, cfg.model_kwargs)
         pre = spec.preprocess
         if cfg.image_size:
             pre = Preprocess(cfg.image_size, pre.mode, pre.mean, pre.std)
@@ -119,4 +154,19 @@ def resolve_model_config(model: str, params: dict | None = None) -> ModelConfig:
     unknown = set(params) - set(spec.defaults)
     if unknown:
         raise EmodetectError(f"model {model!r} takes no option(s) {sorted(unknown)}; it takes {sorted(spec.defaults)}")
-    return ModelConfig(spec, {**spec.defaults, **params}, spec.preprocess, False)
+    merged = {**spec.defaults, **params}
+    _check_pipeline_params(spec, merged)
+    return ModelConfig(spec, merged, spec.preprocess, False)
+
+
+def _check_pipeline_params(spec: ModelSpec, params: dict) -> None:
+    """scikit-learn's own checks of every step's hyperparameters, now rather than after the data is read."""
+    try:
+        pipe = spec.builder(**params)
+        for _, step in pipe.steps:
+            if hasattr(step, "_validate_params"):
+                step._validate_params()
+    except EmodetectError:
+        raise
+    except Exception as exc:  # scikit-learn's InvalidParameterError and friends: one clear line
+        raise EmodetectError(f"model {spec.name!r}: {str(exc).splitlines()[0][:300]}") from None

@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from emodetect.config import Augment, TrainConfig
 from emodetect.data.dataset import Dataset
 from emodetect.data.transforms import Preprocess, augment_batch, to_uint8_tensor
 from emodetect.errors import EmodetectError
-from emodetect.files import atomic_write
+from emodetect.files import atomic_write, is_regular_file
 from emodetect.labels import CLASSES, label_to_index
 from emodetect.models.predict import predict_logits
 from emodetect.models.registry import ModelConfig, create_model
@@ -286,13 +287,21 @@ def _resume(ckpt_path: Path | None, cfg: TrainConfig, model, optimizer, schedule
         raise EmodetectError(f"--resume: {ckpt_path} is not a readable emodetect checkpoint (truncated or foreign)")
     if ck["config"] != json.loads(json.dumps(asdict(cfg))):
         raise EmodetectError(f"--resume: {ckpt_path} was written with a different config")
-    model.load_state_dict(ck["model"])
-    optimizer.load_state_dict(ck["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(ck["scheduler"])
-    torch.set_rng_state(ck["torch_rng"])
-    generator.set_state(ck["generator"])
-    return ck["history"], ck["epoch"] + 1, {"score": ck["best_score"], "epoch": ck["best_epoch"], "state": ck["best_state"]}
+    try:
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["torch_rng"])
+        generator.set_state(ck["generator"])
+        history, epoch, best_epoch = list(ck["history"]), int(ck["epoch"]), int(ck["best_epoch"])
+        best_state = ck["best_state"]
+        if best_state is not None and set(best_state) != set(model.state_dict()):
+            raise ValueError("its best weights do not fit the model")
+        best = {"score": float(ck["best_score"]), "epoch": best_epoch, "state": best_state}
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise EmodetectError(f"--resume: {ckpt_path} does not fit this run ({type(exc).__name__}: {exc})"[:300]) from None
+    return history, epoch + 1, best
 
 
 _CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "torch_rng", "generator", "history", "epoch", "best_score",
@@ -304,8 +313,12 @@ def read_checkpoint(path) -> dict | None:
 
     ``weights_only=True`` refuses any pickled object that is not a tensor or plain data, so no code runs.
     """
+    if not is_regular_file(path):  # a pipe or a device in its place is never read
+        return None
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's own notes on a refused pickle: the caller says it plainly
+            ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # truncated, pickled objects, not a torch file: all mean "not resumable"
         return None
     return ck if isinstance(ck, dict) and _CHECKPOINT_KEYS <= set(ck) else None

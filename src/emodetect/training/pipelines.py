@@ -9,6 +9,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from emodetect.data.dataset import Dataset
 from emodetect.data.transforms import to_pixel_rows
+from emodetect.errors import EmodetectError
 from emodetect.models.registry import ModelConfig, create_model
 from emodetect.training.loop import FitResult
 
@@ -20,7 +21,10 @@ def fit_pipeline(model_cfg: ModelConfig, train: Dataset, log=print) -> FitResult
     x = to_pixel_rows(train.images, model_cfg.preprocess)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        pipe.fit(x, train.labels)
+        try:
+            pipe.fit(x, train.labels)
+        except ValueError as exc:  # e.g. PCA(1000) on fewer than 1,000 images: the data does not fit the model
+            raise EmodetectError(f"{model_cfg.name} cannot be fitted on this data: {str(exc).splitlines()[0][:300]}") from None
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     if not converged:
         log(f"{model_cfg.name}: the solver stopped at its iteration limit before converging (ConvergenceWarning)")
