@@ -146,3 +146,23 @@ def tiny_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("learnable")
     make_dataset(root / "data", n_per_class=40, seed=3)
     return load_dataset(root / "data", cache_dir=root / "cache", progress=False)
+
+
+FER_ZIP = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fer2013" / "fer2013-train.zip").resolve()
+FACES_ZIP = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "faces" / "faces.zip").resolve()
+
+
+@pytest.fixture(scope="session")
+def real_faces():
+    """A few dozen real AffectNet validation-style crops (RGB 96x96) with their folder labels, read straight from
+    the shared zip at test time (never written anywhere)."""
+    if not REAL_ZIP.exists():
+        pytest.skip(f"shared AffectNet zip not found at {REAL_ZIP}")
+    from emodetect.data.decode import decode_rgb
+    from emodetect.labels import label_to_index
+
+    with zipfile.ZipFile(REAL_ZIP) as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".jpg") and "/" in n)
+        pick = [names[i] for i in np.random.default_rng(0).choice(len(names), 48, replace=False)]
+        faces = np.stack([decode_rgb(z.read(n)) for n in pick])
+    return faces, np.array([label_to_index(n.split("/")[0]) for n in pick])

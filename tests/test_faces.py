@@ -1,4 +1,4 @@
-"""Face detectors: the API on synthetic images, MTCNN and Haar on a few real WIDER FACE photos, the weights."""
+"""Detection detectors: the API on synthetic images, MTCNN and Haar on a few real WIDER FACE photos, the weights."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from emodetect.errors import EmodetectError
-from emodetect.inference.faces import DETECTORS, WEIGHTS, Face, convert_facenet_weights, create_detector
+from emodetect.inference.faces import DETECTORS, WEIGHTS, Detection, convert_facenet_weights, create_detector
 
 FACES_ZIP = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "faces" / "faces.zip").resolve()
 # photos whose valid faces with h >= 100 MTCNN finds (1 to 4 large faces each, 512-768 px tall)
@@ -59,7 +59,7 @@ def test_blank_tiny_and_bad_input(name):
 def test_mtcnn_faces_are_typed_and_sorted(loose_mtcnn):
     faces = loose_mtcnn.detect(texture())
     assert len(faces) >= 2
-    assert all(isinstance(f, Face) and len(f.box) == 4 and f.box[2] > 0 and f.box[3] > 0 for f in faces)
+    assert all(isinstance(f, Detection) and len(f.box) == 4 and f.box[2] > 0 and f.box[3] > 0 for f in faces)
     assert all(f.landmarks.shape == (5, 2) and f.landmarks.dtype == np.float32 for f in faces)
     scores = [f.score for f in faces]
     assert scores == sorted(scores, reverse=True) and all(0.1 < s <= 1 for s in scores)

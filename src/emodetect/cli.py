@@ -209,6 +209,35 @@ def cmd_study(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from emodetect.inference.analyze import Analyzer
+    from emodetect.inference.predict import OUTPUT_FORMATS, expand_inputs, predict_paths
+
+    checks = ((args.fps is None or args.fps > 0, "--fps must be above 0"), (args.smooth >= 0, "--smooth must be >= 0"),
+              (args.detect_every >= 1, "--detect-every must be at least 1"),
+              (0 <= args.min_confidence <= 1, "--min-confidence must be between 0 and 1"),
+              (args.min_face_size >= 12, "--min-face-size must be at least 12 pixels"),
+              (args.max_faces is None or args.max_faces >= 1, "--max-faces must be at least 1"),
+              (args.out is None or args.out.suffix.lower() in OUTPUT_FORMATS, f"--out must end in {', '.join(OUTPUT_FORMATS)}"))  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise EmodetectError(message)
+    paths = expand_inputs(args.inputs)  # missing files and empty folders are reported before any model loads
+    for flag in ("out", "annotate", "timeline"):
+        target = getattr(args, flag)
+        if target is not None:
+            _folder_arg(target.parent if target.suffix else target, f"--{flag}")
+    analyzer = Analyzer(args.model, args.detector, min_face_size=args.min_face_size,
+                        min_confidence=args.min_confidence, max_faces=args.max_faces)  # fmt: skip
+    summary = predict_paths([str(p) for p in paths], analyzer=analyzer, out=args.out, annotate=args.annotate,
+                            timeline=args.timeline, fps=args.fps, smooth_s=args.smooth, detect_every=args.detect_every)  # fmt: skip
+    where = f"; results: {args.out}" if args.out else ""
+    print(f"{summary.n_inputs} file(s), {summary.n_faces} face(s), {summary.n_errors} unreadable{where}", file=sys.stderr)
+    if summary.n_read == 0:
+        raise EmodetectError("no input could be read (each one's reason is in its error row)")
+    return 0
+
+
 def cmd_ship(args) -> int:
     from emodetect.ship import WEIGHTS_DIR, ship
 
@@ -278,6 +307,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="JSON file on top of the preset: data, models, ensembles, embeddings")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("predict", help="the emotion of every face in photos, folders, globs and videos")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders (searched recursively), globs")
+    p.add_argument("--out", type=Path, default=None, help="write the rows to FILE.csv, FILE.jsonl or FILE.json "
+                                                          "(default: a table on the terminal)")  # fmt: skip
+    p.add_argument("--model", default="default", help="default, fast, a model file or a run folder")
+    p.add_argument("--detector", choices=("mtcnn", "haar"), default="mtcnn", help="face detector (default mtcnn)")
+    p.add_argument("--min-confidence", type=float, default=0.0, metavar="X",
+                   help="label a face 'uncertain' when its top probability is below X (probabilities kept)")  # fmt: skip
+    p.add_argument("--min-face-size", type=int, default=40, metavar="PX", help="smallest face to find, in pixels")
+    p.add_argument("--max-faces", type=int, default=None, metavar="N", help="at most N faces per image, largest first")
+    p.add_argument("--annotate", type=Path, default=None, metavar="DIR|OUT.mp4",
+                   help="write copies with boxes and labels: a folder for photos, an .mp4 (or a folder) for videos")  # fmt: skip
+    p.add_argument("--timeline", type=Path, default=None, metavar="DIR|OUT.png",
+                   help="for videos: a PNG of each track's smoothed emotions over time")  # fmt: skip
+    p.add_argument("--fps", type=float, default=None, help="videos: analyse N frames per second (default: every frame)")
+    p.add_argument("--smooth", type=float, default=0.5, metavar="SECONDS",
+                   help="videos: time constant of the per-track moving average (0: none; default 0.5)")  # fmt: skip
+    p.add_argument("--detect-every", type=int, default=1, metavar="K",
+                   help="videos: detect faces on every K-th analysed frame, track them in between (default 1)")  # fmt: skip
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("ship", help="make a finished network run the package's default model (float16 + model card)")
     p.add_argument("run_dir", type=Path, help="a run directory written by `emodetect train`")

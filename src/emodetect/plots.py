@@ -185,3 +185,25 @@ def scatter(points: dict[str, np.ndarray], colors: dict[str, np.ndarray], names:
     if title:
         fig.suptitle(title)
     return fig
+
+
+def timeline(tracks: dict[int, list], classes: Sequence[str], *, title: str = ""):
+    """Smoothed emotion probabilities over time, one panel per track: tracks maps id -> [(time_s, (K,) probs)]."""
+    import matplotlib
+
+    n = max(1, len(tracks))
+    fig = _figure(9, 1.9 * n + 0.8)
+    axes = fig.subplots(n, 1, squeeze=False, sharex=True)[:, 0]
+    cmap = matplotlib.colormaps["tab10"]
+    for ax, (tid, history) in zip(axes, tracks.items()):
+        if not history:
+            continue
+        t = np.array([h[0] for h in history])
+        p = np.array([h[1] for h in history])  # (T, K)
+        ax.stackplot(t, p.T, colors=[cmap(k % 10) for k in range(len(classes))], labels=list(classes), alpha=0.9)
+        ax.set(ylim=(0, 1), ylabel=f"track {tid}")
+    axes[0].legend(fontsize=7, ncols=len(classes), loc="lower left", bbox_to_anchor=(0, 1.02))
+    axes[-1].set_xlabel("time (s)")
+    if title:
+        fig.suptitle(title)
+    return fig

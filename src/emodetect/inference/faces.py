@@ -35,7 +35,7 @@ DEFAULT_SCORE_THRESHOLD = {"mtcnn": 0.9495, "haar": 5.959}
 
 
 @dataclass(frozen=True)
-class Face:
+class Detection:
     """One detection, in pixels of the input image (the box may reach past the image border)."""
 
     box: tuple[float, float, float, float]  # x, y, w, h
@@ -298,7 +298,7 @@ class Detector:
         self.score_threshold = score_threshold  # None keeps every detection
         self.max_side = max_side  # longer sides above it are downscaled first; min_face_size applies after that
 
-    def detect(self, rgb: np.ndarray) -> list[Face]:
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
         """Faces in a uint8 (H, W, 3) RGB image, best score first."""
         if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise EmodetectError(f"face detection needs a uint8 (H, W, 3) RGB array, got {_describe(rgb)}")
@@ -314,7 +314,7 @@ class Detector:
             faces = [_rescale(f, w / small.shape[1], h / small.shape[0]) for f in faces]
         return sorted(faces, key=lambda f: -f.score)
 
-    def _detect(self, rgb: np.ndarray) -> list[Face]:
+    def _detect(self, rgb: np.ndarray) -> list[Detection]:
         raise NotImplementedError
 
 
@@ -336,7 +336,7 @@ class MTCNNDetector(Detector):
             boxes, points = detect_mtcnn(torch.tensor(rgb), self._nets, *args)  # a copy: rgb may be read-only
         boxes, points = boxes.numpy(), points.numpy().astype(np.float32)
         return [
-            Face((float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])), float(b[4]), p)
+            Detection((float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])), float(b[4]), p)
             for b, p in zip(boxes, points)
         ]
 
@@ -361,7 +361,7 @@ class HaarDetector(Detector):
         boxes, _, weights = self._cascade.detectMultiScale3(
             gray, self.scale_factor, self.min_neighbors, minSize=size, outputRejectLevels=True
         )
-        return [Face(tuple(float(v) for v in b), float(s), None) for b, s in zip(boxes, np.ravel(weights))]
+        return [Detection(tuple(float(v) for v in b), float(s), None) for b, s in zip(boxes, np.ravel(weights))]
 
 
 _CLASSES = {"mtcnn": MTCNNDetector, "haar": HaarDetector}
@@ -378,10 +378,10 @@ def create_detector(name: str = "mtcnn", **options) -> Detector:
     return cls(**options)
 
 
-def _rescale(face: Face, kx: float, ky: float) -> Face:
+def _rescale(face: Detection, kx: float, ky: float) -> Detection:
     x, y, w, h = face.box
     marks = None if face.landmarks is None else (face.landmarks * np.float32([kx, ky])).astype(np.float32)
-    return Face((x * kx, y * ky, w * kx, h * ky), face.score, marks)
+    return Detection((x * kx, y * ky, w * kx, h * ky), face.score, marks)
 
 
 def _describe(x) -> str:

@@ -1,0 +1,78 @@
+"""Videos: frames at their container timestamps, stable track ids, smoothing, summaries, annotation."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from emodetect.cli import main
+from emodetect.inference.analyze import Analyzer
+from emodetect.inference.video import Tracker, analyze_video, frames
+from emodetect.labels import CLASSES
+
+FPS = 10
+N_FRAMES = 30
+
+
+@pytest.fixture(scope="module")
+def two_face_video(tmp_path_factory, real_faces):
+    """Two real faces (enlarged crops) sliding across a 640x360 scene in opposite directions, 3 s at 10 fps."""
+    faces = [cv2.resize(f, (150, 150), interpolation=cv2.INTER_CUBIC) for f in real_faces[0][:2]]
+    path = tmp_path_factory.mktemp("video") / "two.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (640, 360))
+    for i in range(N_FRAMES):
+        frame = np.full((360, 640, 3), 70, np.uint8)
+        frame[100:250, 20 + 4 * i : 170 + 4 * i] = faces[0]
+        frame[100:250, 470 - 4 * i : 620 - 4 * i] = faces[1]
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def test_frames_come_with_their_timestamps_and_fps_samples_them(two_face_video):
+    every = list(frames(two_face_video))
+    assert len(every) == N_FRAMES and [f[0] for f in every] == list(range(N_FRAMES))
+    np.testing.assert_allclose([f[1] for f in every], np.arange(N_FRAMES) / FPS, atol=1e-3)
+    half = list(frames(two_face_video, fps=5))
+    assert [f[0] for f in half] == list(range(0, N_FRAMES, 2))
+
+
+@pytest.mark.real_data
+def test_two_moving_faces_keep_two_track_ids_and_smoothing_stays_between_raw_values(two_face_video):
+    tracker = Tracker(smooth_s=0.5)
+    out = list(analyze_video(two_face_video, Analyzer(), tracker=tracker))
+    assert len(out) == N_FRAMES
+    left_ids = {min(fr.faces, key=lambda f: f.box[0]).track for fr in out if len(fr.faces) == 2}
+    right_ids = {max(fr.faces, key=lambda f: f.box[0]).track for fr in out if len(fr.faces) == 2}
+    assert sum(len(fr.faces) == 2 for fr in out) >= N_FRAMES - 2
+    assert len(left_ids) == 1 and len(right_ids) == 1 and left_ids != right_ids  # each face keeps its id
+    for tid in left_ids | right_ids:
+        raw = np.array([[f.probabilities[c] for c in CLASSES] for fr in out for f in fr.faces if f.track == tid])
+        smooth = np.array([[f.extra["smoothed"][c] for c in CLASSES] for fr in out for f in fr.faces if f.track == tid])
+        assert (smooth >= raw.min(0) - 1e-4).all() and (smooth <= raw.max(0) + 1e-4).all()
+        np.testing.assert_allclose(smooth.sum(1), 1, atol=1e-3)
+        assert smooth.std(0).sum() <= raw.std(0).sum() + 1e-6  # smoothing smooths
+    summary = {s["track"]: s for s in tracker.summaries()}
+    assert set(summary) >= left_ids | right_ids
+    for tid in left_ids | right_ids:
+        assert summary[tid]["seconds"] >= 2.5 and abs(sum(summary[tid]["share"].values()) - 1) < 1e-3
+
+
+@pytest.mark.real_data
+def test_predict_on_a_video_writes_rows_tracks_an_annotated_video_and_a_timeline(two_face_video, tmp_path):
+    argv = ["predict", str(two_face_video), "--out", str(tmp_path / "v.json"), "--fps", "5",
+            "--annotate", str(tmp_path / "ann.mp4"), "--timeline", str(tmp_path / "t.png")]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads((tmp_path / "v.json").read_text())["files"][0]
+    assert len(doc["frames"]) == 15 and len(doc["tracks"]) >= 2
+    assert doc["frames"][3]["time_s"] == pytest.approx(0.6, abs=1e-3)
+    face = doc["frames"][3]["faces"][0]
+    assert {"track", "smoothed", "smoothed_label", "probabilities"} <= set(face)
+    cap = cv2.VideoCapture(str(tmp_path / "ann.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 15
+    cap.release()
+    assert (tmp_path / "t.png").stat().st_size > 5000
+    assert main(["predict", str(two_face_video), "--fps", "5", "--out", str(tmp_path / "v.csv")]) == 0
+    rows = (tmp_path / "v.csv").read_text().splitlines()
+    assert rows[0].startswith("file,frame,time_s,face,track") and len(rows) >= 1 + 2 * 14
