@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from conftest import make_dataset
 from emodetect import runs
 from emodetect.cli import main
 from emodetect.errors import EmodetectError
@@ -51,7 +52,10 @@ def tiny_study(tmp_path_factory, tiny_dataset):
     out = tmp_path_factory.mktemp("study") / "s"
     data = tiny_dataset.info["source"]
     cache = tiny_dataset.info["cache"].rsplit("/", 1)[0]
-    result = run_study(data, out, preset="quick", config=TINY, cache_dir=cache, log=lambda m: None)
+    other = out.parent / "other"
+    make_dataset(other, n_per_class=5, seed=9, classes=("angry", "happy", "sad"), with_csv=False)
+    result = run_study(data, out, preset="quick", config=TINY, cache_dir=cache, eval_data=[f"other={other}"],
+                       log=lambda m: None)  # fmt: skip
     return out, data, cache, result
 
 
@@ -64,6 +68,10 @@ def test_tiny_study_writes_every_section(tiny_study):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["models"]["tiny"]["test"]["accuracy"] == result["models"]["tiny"]["test"]["accuracy"]
     assert "cnn_svm" in metrics["ensembles"] and set(metrics["embeddings"]) == {"logreg", "tiny"}
+    cross = metrics["cross_dataset"]["other"]
+    assert set(cross) == {"logreg", "tiny"} and cross["tiny"]["n_images"] == 15
+    assert set(cross["tiny"]["per_class"]) == {"anger", "happy", "sad"}  # scored on the classes it has
+    assert "## Other datasets, zero-shot" in (out / "report.md").read_text()
 
 
 def test_report_html_is_self_contained(tiny_study):

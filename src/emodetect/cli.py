@@ -202,7 +202,8 @@ def cmd_study(args) -> int:
 
     _folder_arg(args.out, "--out")
     config = load_json(args.config) if args.config else None
-    result = run_study(args.data, args.out, preset=args.preset, config=config, cache_dir=args.cache_dir)
+    result = run_study(args.data, args.out, preset=args.preset, config=config, cache_dir=args.cache_dir,
+                       eval_data=args.eval_data or ())  # fmt: skip
     print(f"{'model':<20} {'accuracy':>9} {'macro-F1':>9}   (test split)")
     for name, m in sorted(result["models"].items(), key=lambda kv: -kv[1]["val"]["accuracy"]):
         print(f"{name:<20} {m['test']['accuracy']:>9.4f} {m['test']['macro_f1']:>9.4f}")
@@ -305,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=("quick", "full"), default="full",
                    help="full: the real study; quick: the same code paths on 150 images per class (minutes)")  # fmt: skip
     p.add_argument("--config", type=Path, help="JSON file on top of the preset: data, models, ensembles, embeddings")
+    p.add_argument("--eval-data", action="append", metavar="[NAME=]DATA",
+                   help="also score every model, as it is, on this dataset (repeatable), e.g. the FER2013 zip")  # fmt: skip
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=cmd_study)
 

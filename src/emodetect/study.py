@@ -133,8 +133,11 @@ def _stage_write(folder: Path, key: str, result: dict) -> None:
 
 
 def run_study(data, out_dir, *, preset: str = "full", config: dict | None = None, cache_dir=None,
-              log=print) -> dict:  # fmt: skip
-    """Run (or continue) the study; returns everything written to `out_dir/metrics.json`."""
+              eval_data=(), log=print) -> dict:  # fmt: skip
+    """Run (or continue) the study; returns everything written to `out_dir/metrics.json`.
+
+    eval_data: other datasets on which every model is also scored as it is (zero-shot), beside the main table.
+    """
     from emodetect.analysis.study_report import write_report
     from emodetect.data import load_dataset
     from emodetect.data.audit import write_audit
@@ -142,10 +145,15 @@ def run_study(data, out_dir, *, preset: str = "full", config: dict | None = None
 
     study = resolve_study_config(preset, config)
     scan(Source(data))  # a missing, unreadable or empty dataset fails here, before anything is written
+    from emodetect.data.dataset import parse_sources
+
+    others = parse_sources(eval_data) if eval_data else []
+    for other in others:
+        scan(Source(other.path))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data_cfg = study.data
-    n_steps = 1 + len(study.models) + 3
+    n_steps = 1 + len(study.models) + 3 + bool(others)
     step = iter(range(1, n_steps + 1))
 
     def stage(name: str) -> None:
@@ -177,13 +185,19 @@ def run_study(data, out_dir, *, preset: str = "full", config: dict | None = None
     stage("embeddings: K-Means, t-SNE, UMAP")
     embeddings = _embedding_stage(study.raw, records, out, cache_dir, log)
 
-    # 6. report
+    # 6. other datasets, zero-shot
+    cross = {}
+    if others:
+        stage(f"zero-shot on {', '.join(o.name for o in others)}")
+        cross = _cross_dataset_stage(records, others, out, cache_dir, log)
+
+    # 7. report
     stage("report")
     result = {
         "preset": study.raw["preset"], "config": study.raw, "data": {"source": str(data), "fingerprint": fingerprint,
         "label_source": data_cfg.label_source, "config": asdict(data_cfg)}, "audit": audit,
         "models": {n: _summary(r) for n, r in records.items()}, "ensembles": ensembles, "embeddings": embeddings,
-        "published": PUBLISHED, "environment": runs.environment(),
+        "cross_dataset": cross, "published": PUBLISHED, "environment": runs.environment(),
     }  # fmt: skip
     write_report(result, out, ds)
     write_json(out / "metrics.json", result)
@@ -278,6 +292,24 @@ def _ensemble_stage(cfg: dict, records: dict, data, out: Path, data_cfg, cache_d
             log(f"  {name} ({', '.join(r['members'])}): val accuracy {r['val']['accuracy']:.4f}, "
                 f"test accuracy {r['test']['accuracy']:.4f}")  # fmt: skip
     _stage_write(folder, key, result)
+    return result
+
+
+def _cross_dataset_stage(records: dict, others, out: Path, cache_dir, log) -> dict:
+    """Every model scored on every other dataset as it is: {dataset: {model: metrics}} (no duplicate search)."""
+    result: dict[str, dict] = {}
+    for other in others:
+        result[other.name] = {}
+        for name, record in records.items():
+            folder = out / "models" / name / "zero-shot" / other.name
+            key = _key("zero-shot", record["config"], record["train_seconds"], str(other.path))
+            done = _stage_done(folder, key)
+            if done is None:
+                m = runs.evaluate_model(out / "models" / name, [other], split="all", cache_dir=cache_dir)
+                done = {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n_images", "per_class")}
+                _stage_write(folder, key, done)
+            log(f"  {name} on {other.name}: accuracy {done['accuracy']:.4f}, macro-F1 {done['macro_f1']:.4f}")
+            result[other.name][name] = done
     return result
 
 

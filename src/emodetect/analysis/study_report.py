@@ -117,7 +117,8 @@ def write_report(result: dict, out: Path, ds) -> None:
                   f"{result['data']['label_source']} labels.")  # fmt: skip
     doc.heading("Observations")
     doc.bullets(observations(result))
-    for section in (_results_section, _robustness_section, _curves_section, _ensembles_section, _embeddings_section):
+    for section in (_results_section, _cross_dataset_section, _robustness_section, _curves_section, _ensembles_section,
+                    _embeddings_section):  # fmt: skip
         section(doc, result, out, order)
     doc.heading("Misclassified faces")
     if confused is not None:
@@ -164,6 +165,21 @@ def _results_section(doc: Document, result: dict, out: Path, order: list[str]) -
     doc.heading("Confusion matrices (test, row-normalised)")
     for n in order:
         doc.image(out / "models" / n / "confusion_test.png", f"confusion matrix {n}")
+
+
+def _cross_dataset_section(doc: Document, result: dict, out: Path, order: list[str]) -> None:
+    cross = result.get("cross_dataset") or {}
+    if not cross:
+        return
+    doc.heading("Other datasets, zero-shot")
+    doc.paragraph("Every model as trained above, scored on every image of other datasets it never saw (accuracy / "
+                  "macro-F1 over the classes each dataset has). Test accuracy on the study's own data for reference.")  # fmt: skip
+    names = list(cross)
+    rows = [[n, f"{result['models'][n]['test']['accuracy']:.4f}",
+             *(f"{cross[d][n]['accuracy']:.4f} / {cross[d][n]['macro_f1']:.4f}" if n in cross[d] else "" for d in names)]
+            for n in order]  # fmt: skip
+    doc.table(["model", "test acc. (own data)", *(f"{d} ({next(iter(cross[d].values()))['n_images']:,} images)"
+                                                 for d in names)], rows)  # fmt: skip
 
 
 def _robustness_section(doc: Document, result: dict, out: Path, order: list[str]) -> None:
