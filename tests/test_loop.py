@@ -171,3 +171,36 @@ def test_training_on_two_datasets_with_different_classes(tmp_path):
     bad = resolve_model_config("tiny", {"epochs": 1, "source_weights": {"affectnet": 2}})
     with pytest.raises(EmodetectError, match="unknown dataset"):
         fit_network(bad, tr, va, progress=False, log=lambda m: None)
+
+
+def test_the_distillation_loss_equals_a_hand_computation():
+    from emodetect.training.loop import distillation_loss
+
+    student = torch.tensor([[2.0, 0.0, -1.0]])
+    teacher = torch.tensor([[1.0, 1.0, 0.0]])
+    target = torch.tensor([0])
+    alpha, t = 0.6, 2.0
+    p_t = np.exp(np.array([1.0, 1.0, 0.0]) / t) / np.exp(np.array([1.0, 1.0, 0.0]) / t).sum()
+    p_s = np.exp(np.array([2.0, 0.0, -1.0]) / t) / np.exp(np.array([2.0, 0.0, -1.0]) / t).sum()
+    kl = float((p_t * np.log(p_t / p_s)).sum())
+    ce = float(-np.log(np.exp(2.0) / np.exp([2.0, 0.0, -1.0]).sum()))
+    expected = alpha * t * t * kl + (1 - alpha) * ce
+    got = distillation_loss(student, teacher, target, None, None, 0.0, alpha, t)
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+    mask = torch.tensor([[True, True, False]])  # a class the row's dataset lacks: out of both softmaxes
+    s2 = student.clone().requires_grad_(True)
+    distillation_loss(s2, teacher, target, mask, None, 0.0, alpha, t).backward()
+    assert s2.grad[0, 2] == 0
+
+
+def test_a_student_distils_from_a_teacher_file(tiny_dataset, tmp_path):
+    from emodetect.models.artifact import save_network
+
+    tr, va = _splits(tiny_dataset)
+    teacher_model, _, _ = fit(replace(TINY, epochs=2), tr, va, progress=False, log=lambda m: None)
+    path = save_network(tmp_path / "teacher.safetensors", teacher_model, "tiny", resolve_model_config("tiny").preprocess,
+                        {"tta_flip": False}, {"width": 8})  # fmt: skip
+    logs = []
+    _, history, _ = fit(replace(TINY, epochs=2, teacher=str(path), model_kwargs={"width": 4}), tr, va, progress=False,
+                        log=logs.append)  # fmt: skip
+    assert len(history) == 2 and any("soft targets" in m for m in logs)

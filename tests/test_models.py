@@ -18,7 +18,8 @@ def test_registry_lists_every_model_and_rejects_unknown_names():
         create_model("cnn_seed", depth=3)
 
 
-@pytest.mark.parametrize("name", ["cnn_seed", "resnet", "tiny", "mini_xception", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["cnn_seed", "resnet", "tiny", "mini_xception", "efficientnet_lite0", "efficientnet_lite1",
+                                  "efficientnet_lite2", "fastnet"])
 def test_networks_map_their_input_to_eight_logits(name):
     spec = get_spec(name)
     model = create_model(name, pretrained=False).eval()

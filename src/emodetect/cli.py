@@ -239,6 +239,34 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from emodetect.models.artifact import resolve_artifact
+    from emodetect.models.export import export_onnx, onnx_metadata
+
+    if args.onnx.suffix.lower() != ".onnx":
+        raise EmodetectError(f"--onnx must name an .onnx file, got {args.onnx}")
+    if args.int8 is not None and args.data is None:
+        raise EmodetectError("--int8 needs --data: the quantised copy is calibrated on it and kept only if it costs at "
+                             "most 0.5 points of test accuracy")  # fmt: skip
+    for target in (args.onnx, args.int8):
+        if target is not None:
+            _folder_arg(target.parent, "--onnx/--int8")
+    artifact = resolve_artifact(args.model)
+    data = export_onnx(artifact, args.onnx)
+    meta = onnx_metadata(artifact)
+    print(f"wrote {args.onnx} ({len(data) / 1e6:.2f} MB, opset 17, input uint8 (N, {meta['preprocess']['size']}, "
+          f"{meta['preprocess']['size']}, {1 if meta['preprocess']['mode'] == 'gray' else 3}), outputs probabilities and logits)")  # fmt: skip
+    if args.int8 is not None:
+        from emodetect.runs import quantize_and_check
+
+        report = quantize_and_check(artifact, data, args.int8, args.data, cache_dir=args.cache_dir)
+        print(f"int8: test accuracy {report['int8_accuracy']:.4f} against {report['fp32_accuracy']:.4f} in fp32 "
+              f"({100 * report['change']:+.2f} points on {report['n_images']:,} images); "
+              + (f"kept: {args.int8} ({report['bytes'] / 1e6:.2f} MB)" if report["kept"] else
+                 "not kept (it costs more than 0.5 points)"))  # fmt: skip
+    return 0
+
+
 def cmd_ship(args) -> int:
     from emodetect.ship import WEIGHTS_DIR, ship
 
@@ -331,6 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detect-every", type=int, default=1, metavar="K",
                    help="videos: detect faces on every K-th analysed frame, track them in between (default 1)")  # fmt: skip
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="a network as an ONNX graph (uint8 faces in, calibrated probabilities out)")
+    p.add_argument("model", help="default, fast, a model file or a run folder")
+    p.add_argument("--onnx", type=Path, required=True, metavar="OUT.onnx")
+    p.add_argument("--int8", type=Path, default=None, metavar="OUT.onnx",
+                   help="also a statically quantised int8 copy, kept only if it loses <= 0.5 points (needs --data)")  # fmt: skip
+    p.add_argument("--data", action="append", default=None, metavar="[NAME=]DATA",
+                   help="dataset for int8 calibration (train split) and its accuracy check (test split)")  # fmt: skip
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("ship", help="make a finished network run the package's default model (float16 + model card)")
     p.add_argument("run_dir", type=Path, help="a run directory written by `emodetect train`")

@@ -142,6 +142,9 @@ class TrainConfig:
     bf16: bool = False  # bfloat16 autocast: fast only on CPUs with native bf16 (AVX512-BF16, AMX); see bench/
     channels_last: bool = True
     tta_flip: bool = True  # average the logits of the image and its mirror at evaluation
+    teacher: str | None = None  # distil from this model ("default", a model file or a run folder)
+    distill_alpha: float = 0.7  # weight of the teacher's soft targets; 1 - alpha on the labels
+    distill_temperature: float = 3.0  # softmax temperature of both sides in the soft-target term
 
     def __post_init__(self):
         o = "train"
@@ -176,6 +179,10 @@ class TrainConfig:
             _number(o, f"oversample[{name!r}]", factor, 0, 1000, lo_open=True)
             canon[c] = float(factor)
         object.__setattr__(self, "oversample", canon)
+        if self.teacher is not None and (not isinstance(self.teacher, str) or not self.teacher.strip()):
+            _fail(o, "teacher", 'a model ("default", a model file or a run folder) or null', self.teacher)
+        _number(o, "distill_alpha", self.distill_alpha, 0, 1)
+        _number(o, "distill_temperature", self.distill_temperature, 0, 100, lo_open=True)
         if not isinstance(self.source_weights, dict):
             _fail(o, "source_weights", 'an object such as {"fer2013-train": 0.5}', self.source_weights)
         for name, factor in self.source_weights.items():

@@ -269,3 +269,29 @@ def environment() -> dict:
     return {"versions": versions, "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "date": time.strftime("%Y-%m-%d %H:%M %Z")}  # fmt: skip
+
+
+def quantize_and_check(artifact, onnx_bytes: bytes, out, data, cache_dir=None, limit: float = 0.005) -> dict:
+    """An int8 copy of an exported network, calibrated on 512 train images of `data`; kept at `out` only when its
+    test accuracy is at most `limit` below the fp32 graph's (both measured here, through ONNX Runtime)."""
+    from emodetect.data.transforms import to_uint8_input
+    from emodetect.models.export import onnx_session, quantize_int8
+
+    data_cfg = DataConfig(**artifact.meta.get("data", {}))
+    _, tr, _, te = load_splits(data, data_cfg, artifact.preprocess.mode, cache_dir, progress=False)
+    pick = np.random.default_rng(0).choice(len(tr), min(512, len(tr)), replace=False)
+    out = Path(out)
+    quantize_int8(onnx_bytes, to_uint8_input(tr.images[pick], artifact.preprocess), out)
+    x = to_uint8_input(te.images, artifact.preprocess)
+
+    def accuracy(session) -> float:
+        proba = np.concatenate([session.run(["probabilities"], {"images": x[s : s + 256]})[0] for s in range(0, len(x), 256)])
+        return float((proba.argmax(1) == te.labels).mean())
+
+    fp32, int8 = accuracy(onnx_session(onnx_bytes)), accuracy(onnx_session(out))
+    kept = fp32 - int8 <= limit
+    size = out.stat().st_size
+    if not kept:
+        out.unlink()
+    return {"fp32_accuracy": fp32, "int8_accuracy": int8, "change": int8 - fp32, "kept": kept, "bytes": size,
+            "n_images": len(te)}  # fmt: skip

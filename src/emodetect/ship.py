@@ -61,6 +61,9 @@ def ship(run_dir, dest_dir=WEIGHTS_DIR, *, name: str = "default", data=None, cac
                                  f"limit for the {name} model")  # fmt: skip
         shipped = load_artifact(staged)
         card = card_numbers(shipped, run.record, test, Predictor(src).predict(test.images), size, command, name)
+        meta["card"] = card_summary(card)  # the key numbers travel with the weights (and into ONNX exports)
+        staged = save_network(staged, src.model, src.name, src.preprocess, meta, model_kwargs=src.meta.get("model_kwargs"),
+                              half=True)  # fmt: skip
         dest.mkdir(parents=True, exist_ok=True)
         atomic_write(dest / card_file(name), model_card(card))
         path = atomic_write(dest / SHIPPED_MODELS[name], staged.read_bytes())
@@ -68,6 +71,18 @@ def ship(run_dir, dest_dir=WEIGHTS_DIR, *, name: str = "default", data=None, cac
     log(f"shipped {shipped.name} as {name!r} ({size / 1e6:.2f} MB float16): test accuracy {m['accuracy']:.4f}, "
         f"macro-F1 {m['macro_f1']:.4f}; {path}")  # fmt: skip
     return card
+
+
+def card_summary(card: dict) -> dict:
+    """The card's key numbers, as the shipped file records them."""
+    m = card["test"]
+    out = {"test_accuracy": round(m["accuracy"], 4), "test_balanced_accuracy": round(m["balanced_accuracy"], 4),
+           "test_macro_f1": round(m["macro_f1"], 4), "test_images": m["n_images"]}  # fmt: skip
+    for src, v in m.get("by_source", {}).items():
+        out[f"test_accuracy_{src}"] = round(v["accuracy"], 4)
+    for fmt, v in m.get("by_format", {}).items():
+        out[f"test_accuracy_{fmt}"] = round(v["accuracy"], 4)
+    return out
 
 
 def card_numbers(shipped, record: dict, test, fp32_pred: np.ndarray, size: int, command: str, name: str) -> dict:

@@ -138,6 +138,18 @@ def to_model_input(images: np.ndarray | torch.Tensor, pre: Preprocess) -> torch.
     return normalize(x, pre).contiguous()
 
 
+def to_uint8_input(images: np.ndarray | torch.Tensor, pre: Preprocess) -> np.ndarray:
+    """uint8 images -> uint8 (N, size, size, C) in the model's colour mode and size: what an exported (ONNX)
+    model takes. The resize is the eval preset's own (antialiased bilinear), rounded back to 8 bits."""
+    x = to_uint8_tensor(images) if isinstance(images, np.ndarray) else images
+    if x.shape[1] != pre.channels or x.shape[-1] != pre.size or x.shape[-2] != pre.size:
+        y = _match_channels(x.float(), pre.channels)
+        if y.shape[-1] != pre.size or y.shape[-2] != pre.size:
+            y = F.interpolate(y, size=(pre.size, pre.size), mode="bilinear", align_corners=False, antialias=True)
+        x = y.round_().clamp_(0, 255).to(torch.uint8)
+    return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
+
+
 def to_pixel_rows(images: np.ndarray, pre: Preprocess) -> np.ndarray:
     """The eval preset flattened for scikit-learn: (N, ...) uint8 images -> float32 (N, C * size * size)."""
     x = to_model_input(images, pre)

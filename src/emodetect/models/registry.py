@@ -18,7 +18,7 @@ from emodetect.data.transforms import Preprocess
 from emodetect.errors import EmodetectError
 
 _MODULES = ("emodetect.models.classical", "emodetect.models.cnn", "emodetect.models.efficientnet_lite",
-            "emodetect.models.mini_xception")  # fmt: skip
+            "emodetect.models.mini_xception", "emodetect.models.fast")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -77,10 +77,29 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch
 
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+                      weight: torch.Tensor | None, smoothing: float, alpha: float, temperature: float) -> torch.Tensor:  # fmt: skip
+    """alpha * T^2 * KL(teacher || student, both at temperature T) + (1 - alpha) * cross-entropy on the labels.
+
+    The teacher's soft targets carry what it learned about look-alike emotions; T^2 keeps their gradient on
+    the same scale as the labels' (Hinton et al., 2015). A class a row's dataset lacks (mask False) is left
+    out of both softmaxes, as in `masked_cross_entropy`.
+    """
+    hard = masked_cross_entropy(student, target, mask, weight, smoothing)
+    s, t = student.float() / temperature, teacher.float() / temperature
+    if mask is not None:
+        s, t = s.masked_fill(~mask, float("-inf")), t.masked_fill(~mask, float("-inf"))
+    p_t = F.softmax(t, dim=1)
+    log_ratio = torch.where(p_t > 0, F.log_softmax(t, dim=1) - F.log_softmax(s, dim=1), torch.zeros_like(p_t))
+    kl = (p_t * log_ratio).sum(1).mean()
+    return alpha * temperature**2 * kl + (1 - alpha) * hard
+
+
 def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, scheduler, cfg: TrainConfig,
                     pre: Preprocess, aug: Augment, generator: torch.Generator, weight=None,
                     sample_p: torch.Tensor | None = None, progress: bool = False, desc: str = "train",
-                    channels_last: bool = False, class_mask: torch.Tensor | None = None) -> dict:  # fmt: skip
+                    channels_last: bool = False, class_mask: torch.Tensor | None = None,
+                    teacher_logits: torch.Tensor | None = None) -> dict:  # fmt: skip
     """One pass over the training images (augmented on the fly); returns mean loss, accuracy and seconds."""
     model.train()
     n = len(y)
@@ -106,10 +125,12 @@ def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, sched
         with _autocast(cfg.bf16):
             logits = model(x)
         mask = class_mask[idx] if class_mask is not None else None  # (B, K)
-        loss = masked_cross_entropy(logits, target, mask, weight, cfg.label_smoothing)
+        soft = teacher_logits[idx] if teacher_logits is not None else None  # (B, K)
+        loss = _batch_loss(logits, target, mask, soft, weight, cfg)
         if perm is not None:
             mask_p = mask[perm] if mask is not None else None
-            loss = lam * loss + (1 - lam) * masked_cross_entropy(logits, target[perm], mask_p, weight, cfg.label_smoothing)
+            loss = lam * loss + (1 - lam) * _batch_loss(logits, target[perm], mask_p, None if soft is None else soft[perm],
+                                                        weight, cfg)  # fmt: skip
         if l2:  # Keras-style L2: added to the loss, on weights only
             loss = loss + l2 / 2 * sum((p.float() ** 2).sum() for p in model.parameters() if p.ndim > 1)
         optimizer.zero_grad(set_to_none=True)
@@ -123,6 +144,13 @@ def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, sched
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
     bar.close()
     return {"loss": total_loss / seen, "accuracy": correct / seen, "seconds": time.perf_counter() - t0}
+
+
+def _batch_loss(logits, target, mask, soft, weight, cfg: TrainConfig) -> torch.Tensor:
+    if soft is None:
+        return masked_cross_entropy(logits, target, mask, weight, cfg.label_smoothing)
+    return distillation_loss(logits, soft, target, mask, weight, cfg.label_smoothing, cfg.distill_alpha,
+                             cfg.distill_temperature)  # fmt: skip
 
 
 @torch.inference_mode()
@@ -227,6 +255,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     # a class is missing from a dataset if none of its train or val images has it
     masks = class_masks(np.concatenate([train.labels, val.labels]), np.concatenate([train.sources, val.sources]))
     mask_train, mask_val = (None, None) if masks is None else (masks[: len(train)], masks[len(train) :])
+    teacher_logits = _teacher_logits(cfg, train, log)
     steps = len(y_train) // cfg.batch_size if len(y_train) >= cfg.batch_size else 1
     optimizer = _make_optimizer(model, cfg)
     scheduler = _make_scheduler(optimizer, cfg, steps)
@@ -245,7 +274,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
             break
         tr = train_one_epoch(model, x_train, y_train, optimizer, scheduler, cfg, pre, aug, generator, weight,
                              sample_p, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", channels_last=channels_last,
-                             class_mask=mask_train)  # fmt: skip
+                             class_mask=mask_train, teacher_logits=teacher_logits)  # fmt: skip
         t0 = time.perf_counter()
         va = evaluate_epoch(model, x_val, y_val, pre, weight=weight, bf16=cfg.bf16, tta_flip=cfg.tta_flip,
                             class_mask=mask_val, sources=val.sources)  # fmt: skip
@@ -276,6 +305,20 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
             "epochs_run": len(history), "stopped_early": stale >= cfg.patience,
             "train_seconds": sum(h["seconds"] for h in history)}  # fmt: skip
     return FitResult(model, history, info)
+
+
+def _teacher_logits(cfg: TrainConfig, train: Dataset, log) -> torch.Tensor | None:
+    """The teacher's logits on the (unaugmented) train images, computed once: the soft targets of distillation."""
+    if not cfg.teacher:
+        return None
+    from emodetect.models.artifact import resolve_artifact
+    from emodetect.models.predict import Predictor
+
+    teacher = Predictor(resolve_artifact(cfg.teacher))
+    t0 = time.perf_counter()
+    logits = torch.from_numpy(teacher.logits(train.images)).float()
+    log(f"distillation: {teacher.artifact.name} soft targets for {len(logits):,} images ({time.perf_counter() - t0:.0f} s)")
+    return logits
 
 
 def _resume(ckpt_path: Path | None, cfg: TrainConfig, model, optimizer, scheduler, generator):

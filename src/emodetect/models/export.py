@@ -1,0 +1,145 @@
+"""ONNX export: a network as one self-contained graph from uint8 faces to calibrated probabilities.
+
+The graph's input `images` is uint8 (N, size, size, channels) in the model's colour mode and size (N is
+dynamic); normalisation, the mirror average (when the model uses it) and the temperature-scaled softmax are
+inside, so the outputs `probabilities` (N, K) are what `Predictor.predict_proba` gives. The file's metadata
+(`emodetect`, JSON) holds the classes, input size, colour mode, normalisation, temperature and the model
+card's key numbers; `read_onnx_metadata` reads it back. `quantize_int8` makes a statically quantised copy
+calibrated on real faces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from emodetect import __version__
+from emodetect.errors import EmodetectError
+from emodetect.files import atomic_write
+from emodetect.models.fuse import MirrorAveraged, fuse
+
+OPSET = 17
+
+
+class _Graph(nn.Module):
+    """uint8 (N, S, S, C) -> (probabilities, logits), everything a Predictor does, inside one graph."""
+
+    def __init__(self, model: nn.Module, mean, std, temperature: float, mirror: bool):
+        super().__init__()
+        self.model = MirrorAveraged(model) if mirror else model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.temperature = float(temperature)
+
+    def forward(self, images):
+        x = images.permute(0, 3, 1, 2).float() / 255.0  # (N, C, S, S)
+        logits = self.model((x - self.mean) / self.std)
+        return torch.softmax(logits / self.temperature, dim=1), logits
+
+
+def onnx_metadata(artifact) -> dict:
+    """What the exported file says about itself (no paths, no library versions)."""
+    meta = artifact.meta
+    card = {k: v for k, v in (meta.get("card") or {}).items() if isinstance(v, (int, float, str))}
+    return {"model": artifact.name, "classes": list(artifact.classes), "preprocess": meta["preprocess"],
+            "input": "uint8 (N, size, size, channels), the model's colour mode and size",
+            "temperature": artifact.temperature, "mirror_average": bool(meta.get("tta_flip")), "card": card,
+            "emodetect": __version__}  # fmt: skip
+
+
+def export_onnx(artifact, path: str | Path | None = None) -> bytes:
+    """The artifact (a network) as ONNX bytes; also written to `path` when given."""
+    import onnx
+
+    if artifact.kind != "torch":
+        raise EmodetectError(f"only networks export to ONNX ({artifact.name} is a {artifact.kind} model)")
+    pre = artifact.preprocess
+    graph = _Graph(fuse(artifact.model, pre.size, pre.channels), pre.mean, pre.std, artifact.temperature,
+                   bool(artifact.meta.get("tta_flip"))).eval()  # fmt: skip
+    example = torch.zeros(2, pre.size, pre.size, pre.channels, dtype=torch.uint8)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(graph, (example,), buf, dynamo=False, opset_version=OPSET, input_names=["images"],
+                          output_names=["probabilities", "logits"],
+                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}, "logits": {0: "batch"}})  # fmt: skip
+    model = onnx.load_from_string(buf.getvalue())
+    del model.metadata_props[:]
+    model.metadata_props.add(key="emodetect", value=json.dumps(onnx_metadata(artifact)))
+    data = model.SerializeToString()
+    if path is not None:
+        atomic_write(path, data)
+    return data
+
+
+def read_onnx_metadata(path_or_bytes) -> dict:
+    import onnx
+
+    model = onnx.load(str(path_or_bytes)) if not isinstance(path_or_bytes, bytes) else onnx.load_from_string(path_or_bytes)
+    props = {p.key: p.value for p in model.metadata_props}
+    if "emodetect" not in props:
+        raise EmodetectError("not an ONNX file exported by emodetect (no emodetect metadata)")
+    return json.loads(props["emodetect"])
+
+
+def onnx_session(data: bytes | str | Path, threads: int | None = None):
+    """An onnxruntime session on the CPU with `threads` intra-op threads (default: every core)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only: onnxruntime's notes are not the user's concern
+    return ort.InferenceSession(data if isinstance(data, bytes) else str(data), opts, providers=["CPUExecutionProvider"])
+
+
+def cached_onnx(artifact, cache_dir: str | Path | None = None) -> bytes:
+    """The artifact's ONNX export, made once per model file and kept in the cache folder."""
+    from emodetect.data.ingest import default_cache_dir
+
+    digest = hashlib.sha256(artifact.path.read_bytes() if artifact.path else json.dumps(artifact.meta).encode())
+    digest.update(f"{__version__}-{OPSET}".encode())
+    path = Path(cache_dir or default_cache_dir()) / "onnx" / f"{artifact.name}-{digest.hexdigest()[:20]}.onnx"
+    try:
+        if path.is_file():
+            return path.read_bytes()
+    except OSError:
+        pass
+    data = export_onnx(artifact)
+    try:
+        atomic_write(path, data)
+    except OSError:  # a read-only cache: export every time, still correct
+        pass
+    return data
+
+
+def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray, path: str | Path) -> Path:
+    """A statically quantised (int8, QDQ) copy calibrated on `calibration`: uint8 (N, size, size, C) faces."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"images": calibration[i : i + 32]} for i in range(0, len(calibration), 32)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "fp32.onnx"
+        src.write_bytes(onnx_bytes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_static(str(src), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    return Path(path)

@@ -1,0 +1,64 @@
+"""ONNX export: the graph takes uint8 faces and gives the PyTorch model's probabilities; metadata round trip."""
+
+import numpy as np
+import pytest
+import torch
+
+from emodetect.cli import main
+from emodetect.models import create_model, get_spec
+from emodetect.models.artifact import load_artifact, save_network
+from emodetect.models.export import export_onnx, onnx_session, read_onnx_metadata
+from emodetect.models.predict import Predictor
+
+
+@pytest.fixture
+def tiny_file(tmp_path):
+    torch.manual_seed(0)
+    return save_network(tmp_path / "tiny.safetensors", create_model("tiny").eval(), "tiny", get_spec("tiny").preprocess,
+                        {"tta_flip": True, "temperature": 1.3, "card": {"test_accuracy": 0.5}}, {"width": 8})  # fmt: skip
+
+
+def test_export_round_trip_matches_pytorch_and_keeps_its_metadata(tiny_file, tmp_path):
+    art = load_artifact(tiny_file)
+    data = export_onnx(art, tmp_path / "tiny.onnx")
+    faces = np.random.default_rng(0).integers(0, 256, (16, 32, 32), dtype=np.uint8)
+    (onnx_proba,) = onnx_session(data).run(["probabilities"], {"images": faces[..., None]})
+    torch_proba = Predictor(art, backend="torch").predict_proba(faces)
+    assert np.abs(onnx_proba - torch_proba).max() <= 1e-4  # temperature and mirror average are in the graph
+    meta = read_onnx_metadata(tmp_path / "tiny.onnx")
+    assert meta["classes"][0] == "anger" and meta["preprocess"]["size"] == 32 and meta["temperature"] == 1.3
+    assert meta["mirror_average"] is True and meta["card"] == {"test_accuracy": 0.5}
+    (batch_of_one,) = onnx_session(data).run(["probabilities"], {"images": faces[:1, ..., None]})  # dynamic batch
+    assert batch_of_one.shape == (1, 8)
+
+
+@pytest.mark.parametrize("backend", ["fused", "onnx"])
+def test_predictor_backends_agree_with_plain_pytorch(tiny_file, backend):
+    art = load_artifact(tiny_file)
+    faces = np.random.default_rng(1).integers(0, 256, (8, 32, 32), dtype=np.uint8)
+    ref = Predictor(art, backend="torch").predict_proba(faces)
+    fast = Predictor(art, backend=backend)
+    assert fast.backend == backend
+    np.testing.assert_allclose(fast.predict_proba(faces), ref, atol=1e-4 if backend == "onnx" else 1e-5)
+
+
+def test_export_command_writes_the_graph_and_refuses_bad_targets(tiny_file, tmp_path, capsys):
+    assert main(["export", str(tiny_file), "--onnx", str(tmp_path / "out.onnx")]) == 0
+    assert (tmp_path / "out.onnx").stat().st_size > 1000 and "opset 17" in capsys.readouterr().out
+    assert main(["export", str(tiny_file), "--onnx", str(tmp_path / "out.txt")]) == 2
+    assert main(["export", str(tiny_file), "--onnx", str(tmp_path / "x.onnx"), "--int8", str(tmp_path / "q.onnx")]) == 2
+
+
+@pytest.mark.real_data
+def test_the_shipped_model_exports_within_1e4_of_pytorch_on_real_faces(real_faces, tmp_path):
+    import emodetect
+
+    art = emodetect.load_model().artifact
+    faces = real_faces[0][:24]
+    size = art.preprocess.size
+    import cv2
+
+    at_size = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_LINEAR) for f in faces])
+    (onnx_proba,) = onnx_session(export_onnx(art)).run(["probabilities"], {"images": at_size})
+    torch_proba = Predictor(art, backend="torch").predict_proba(at_size)
+    assert np.abs(onnx_proba - torch_proba).max() <= 1e-4
