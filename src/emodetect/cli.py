@@ -267,6 +267,25 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        from emodetect.serve.server import serve
+    except ModuleNotFoundError as exc:
+        raise EmodetectError(f'`emodetect serve` needs the serve extra: pip install "emodetect[serve]" '
+                             f"({exc.name} is missing)") from None  # fmt: skip
+    checks = ((0 <= args.port <= 65535, "--port must be between 0 and 65535"),
+              (args.workers is None or args.workers >= 1, "--workers must be at least 1"),
+              (args.queue >= 0, "--queue must be 0 or more"),
+              (args.max_upload_mb > 0, "--max-upload-mb must be above 0"))  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise EmodetectError(message)
+    serve(args.host, args.port, args.model, args.detector, token=args.token or os.environ.get("EMODETECT_TOKEN") or None,
+          cors=args.cors, max_upload_bytes=round(args.max_upload_mb * 1_000_000), workers=args.workers,
+          queue=args.queue, access_log=not args.no_access_log)  # fmt: skip
+    return 0
+
+
 def cmd_ship(args) -> int:
     from emodetect.ship import WEIGHTS_DIR, ship
 
@@ -370,6 +389,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("serve", help="an HTTP API and a web page (photos, live webcam) on this machine")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--model", default="default", help="default, fast, a model file or a run folder")
+    p.add_argument("--detector", choices=("mtcnn", "haar"), default="mtcnn", help="face detector (default mtcnn)")
+    p.add_argument("--token", default=None, help="every /v1 call must send 'Authorization: Bearer TOKEN' "
+                                                 "(default: $EMODETECT_TOKEN, else none)")  # fmt: skip
+    p.add_argument("--cors", action="append", default=None, metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. https://example.org) call the API; repeatable (default: none)")  # fmt: skip
+    p.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB", help="largest upload (default 10 MB)")
+    p.add_argument("--workers", type=int, default=None, help="inference threads (default: one per CPU core)")
+    p.add_argument("--queue", type=int, default=32, help="requests that may wait for a worker; more get 503 (default 32)")
+    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("ship", help="make a finished network run the package's default model (float16 + model card)")
     p.add_argument("run_dir", type=Path, help="a run directory written by `emodetect train`")
     p.add_argument("--dest", type=Path, default=None, help="weights folder (default: the installed package's)")
@@ -389,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         _folder_arg(getattr(args, "cache_dir", None), "--cache-dir")
+        from emodetect.malloc import tune_malloc
+
+        tune_malloc()  # the command line owns the process: keep freed memory for the next batch (emodetect.malloc)
         return args.func(args)
     except EmodetectError as exc:
         print(f"emodetect: error: {_printable(exc)}", file=sys.stderr)

@@ -150,7 +150,7 @@ def _open(data: bytes, max_pixels: int):
     from PIL import Image
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore")  # Pillow's notes (bombs under the limit, corrupt EXIF) are not the user's concern
         try:
             im = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError:

@@ -44,7 +44,7 @@ class Face:
 
     def to_dict(self) -> dict:
         out = {"box": [round(v, 2) for v in self.box], "score": round(self.score, 5),
-               "landmarks": None if self.landmarks is None else np.round(self.landmarks, 2).tolist(),
+               "landmarks": None if self.landmarks is None else np.round(self.landmarks.astype(np.float64), 2).tolist(),
                "label": self.label, "confidence": round(self.confidence, 5),
                "probabilities": {k: round(v, 5) for k, v in self.probabilities.items()}}  # fmt: skip
         if self.track is not None:
@@ -84,12 +84,12 @@ class Analyzer:
 
     def __init__(self, model="default", detector: str = "mtcnn", *, min_face_size: int = MIN_FACE_SIZE,
                  min_confidence: float = 0.0, max_faces: int | None = None, max_side: int | None = 1600,
-                 batch_size: int = 64):  # fmt: skip
+                 batch_size: int = 64, threads: int | None = None):  # fmt: skip
         if not 0 <= min_confidence <= 1:
             raise EmodetectError(f"min_confidence must be between 0 and 1, got {min_confidence}")
         if max_faces is not None and max_faces < 1:
             raise EmodetectError(f"max_faces must be at least 1, got {max_faces}")
-        self.predictor = Predictor(resolve_artifact(model), batch_size=batch_size)
+        self.predictor = Predictor(resolve_artifact(model), batch_size=batch_size, threads=threads)
         self.detector = create_detector(detector, min_face_size=min_face_size, max_side=max_side)
         self.min_confidence = min_confidence
         self.max_faces = max_faces

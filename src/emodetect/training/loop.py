@@ -28,6 +28,7 @@ from emodetect.data.transforms import Preprocess, augment_batch, to_uint8_tensor
 from emodetect.errors import EmodetectError
 from emodetect.files import atomic_write, is_regular_file
 from emodetect.labels import CLASSES, label_to_index
+from emodetect.malloc import tune_malloc
 from emodetect.models.predict import predict_logits
 from emodetect.models.registry import ModelConfig, create_model
 
@@ -239,6 +240,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     """
     cfg: TrainConfig = model_cfg.params
     channels_last = model_cfg.channels_last
+    tune_malloc()  # 5x faster training steps on glibc (see emodetect.malloc)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     pre = model_cfg.preprocess
