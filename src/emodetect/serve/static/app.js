@@ -335,16 +335,22 @@
     return [state.classes[k], track.ema[k]];
   }
 
-  function drawOverlay(frameW, frameH, now) {
-    const overlay = $("overlay");
+  // A cleared 2-D context sized to the canvas's CSS box at the screen's pixel density: [ctx, width, height].
+  function sharpCanvas(canvas) {
     const dpr = window.devicePixelRatio || 1;
-    const w = overlay.clientWidth;
-    const h = overlay.clientHeight;
-    overlay.width = Math.round(w * dpr);
-    overlay.height = Math.round(h * dpr);
-    const ctx = overlay.getContext("2d");
+    const w = canvas.clientWidth;
+    const h = canvas.clientHeight;
+    canvas.width = Math.round(w * dpr);
+    canvas.height = Math.round(h * dpr);
+    const ctx = canvas.getContext("2d");
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, w, h);
+    return [ctx, w, h];
+  }
+
+  function drawOverlay(frameW, frameH, now) {
+    const overlay = $("overlay");
+    const [ctx, w] = sharpCanvas(overlay);
     const k = w / frameW;
     const boxes = cam.tracks.filter((t) => t.last === now).map((t) => { // the faces of this frame
       const [label, p] = smoothedTop(t);
@@ -380,14 +386,7 @@
 
   // The smoothed probabilities over the last WINDOW_S seconds as stacked areas (they sum to 1).
   function drawStack(canvas, history, now) {
-    const dpr = window.devicePixelRatio || 1;
-    const w = canvas.clientWidth;
-    const h = canvas.clientHeight;
-    canvas.width = Math.round(w * dpr);
-    canvas.height = Math.round(h * dpr);
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, w, h);
+    const [ctx, w, h] = sharpCanvas(canvas);
     if (history.length < 2) return;
     const xOf = (t) => w * (1 - (now - t) / WINDOW_S);
     const below = history.map(() => 0);
