@@ -6,7 +6,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "emodetect"
 LAYERS = [
-    {"errors", "labels", "files", "plots", "weights"},
+    {"errors", "labels", "files", "plots", "malloc", "weights"},
     {"config"},
     {"data"},
     {"models"},

@@ -3,7 +3,9 @@
 FastNet: a MobileNetV2-style stack of inverted residual blocks (1x1 expand, 3x3 depthwise, 1x1 project,
 batch norm and ReLU6) on 64x64 faces, with a stride-2 stem and four stages down to 4x4 maps, then global
 average pooling and a linear head. Everything is a plain convolution, batch norm or pooling, so it fuses
-and exports to ONNX cleanly. `widths` and `expand` trade speed for accuracy (bench/bench_fast.py measures).
+and exports to ONNX cleanly. `widths` and `expand` trade speed for accuracy. The defaults were picked by ONNX Runtime speed on 2 cores
+(random weights, batch 256, training paused): 0.31M parameters at 64 px ran 8,100 faces/s, these 0.96M
+5,000 faces/s (3.8 MB), 1.0M with more blocks 3,400 faces/s; bench/bench_fast.py measures the trained model.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ class InvertedResidual(nn.Module):
 class FastNet(nn.Module):
     """stem (stride 2) -> one stage per width, each starting with stride 2 -> 1x1 head conv -> GAP -> linear."""
 
-    def __init__(self, num_classes=8, in_chans=3, widths=(16, 24, 48, 96, 160), depths=(1, 2, 2, 1),
-                 expand=4, head=384, dropout=0.1):  # fmt: skip
+    def __init__(self, num_classes=8, in_chans=3, widths=(16, 32, 64, 128, 192), depths=(1, 2, 3, 2),
+                 expand=4, head=512, dropout=0.1):  # fmt: skip
         super().__init__()
         self.stem = _conv_bn(in_chans, widths[0], 3, 2)
         blocks, c = [], widths[0]
@@ -71,8 +73,8 @@ class FastNet(nn.Module):
 
 @register_model("fastnet", preprocess=FAST_RGB64, description="FastNet, a small inverted-residual network for CPU "
                 "throughput (RGB 64x64), distilled from the default model",
-                defaults={"widths": (16, 24, 48, 96, 160), "depths": (1, 2, 2, 1), "expand": 4, "head": 384,
+                defaults={"widths": (16, 32, 64, 128, 192), "depths": (1, 2, 3, 2), "expand": 4, "head": 512,
                           "dropout": 0.1})  # fmt: skip
-def fastnet(num_classes=8, pretrained=False, widths=(16, 24, 48, 96, 160), depths=(1, 2, 2, 1), expand=4, head=384,
+def fastnet(num_classes=8, pretrained=False, widths=(16, 32, 64, 128, 192), depths=(1, 2, 3, 2), expand=4, head=512,
             dropout=0.1):  # fmt: skip
     return FastNet(num_classes, widths=tuple(widths), depths=tuple(depths), expand=expand, head=head, dropout=dropout)
