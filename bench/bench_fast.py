@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -103,10 +102,9 @@ def main() -> None:
                    "ONNX Runtime fp32": onnx_runner(onnx_bytes)}  # fmt: skip
         sizes = {"PyTorch": art.path.stat().st_size, "PyTorch fused": art.path.stat().st_size, "ONNX Runtime fp32": len(onnx_bytes)}
         if args.int8:
-            with tempfile.TemporaryDirectory() as tmp:
-                _, tr, _, _ = load_splits(data, DataConfig(), pre.mode, args.cache_dir, progress=False)
-                pick = np.random.default_rng(0).choice(len(tr), 512, replace=False)
-                q = quantize_int8(onnx_bytes, to_uint8_input(tr.images[pick], pre), Path(tmp) / "int8.onnx").read_bytes()
+            _, tr, _, _ = load_splits(data, DataConfig(), pre.mode, args.cache_dir, progress=False)
+            pick = np.random.default_rng(0).choice(len(tr), 512, replace=False)
+            q = quantize_int8(onnx_bytes, to_uint8_input(tr.images[pick], pre))
             runners["ONNX Runtime int8"] = onnx_runner(q)
             sizes["ONNX Runtime int8"] = len(q)
         for backend, run in runners.items():

@@ -117,7 +117,18 @@ def test_predict_annotates_photos(photo_folder, tmp_path):
     assert drawn.shape == original.shape and np.abs(drawn.astype(int) - original).max() > 100
 
 
+def test_annotated_copies_never_overwrite_each_other(photo_folder, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):  # the same file name in two folders
+        (tmp_path / d / "x.jpg").write_bytes((photo_folder / f"face{'ab'.index(d)}.jpg").read_bytes())
+    assert main(["predict", str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.jpg"), "--annotate",
+                 str(tmp_path / "ann"), "--out", str(tmp_path / "out.csv")]) == 0  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "ann").iterdir()) == ["x-annotated-2.jpg", "x-annotated.jpg"]
+
+
 @pytest.mark.parametrize("args, message", [
+    ([""], "empty string"),
     (["{tmp}/missing.jpg"], "not found"),
     (["{tmp}/empty_folder"], "no images or videos"),
     (["{tmp}/*.nothing"], "no file matches"),

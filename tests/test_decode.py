@@ -111,6 +111,8 @@ def test_float_and_16_bit_images_keep_their_real_range():
     unit = np.linspace(0, 1, 100, dtype=np.float32).reshape(10, 10)
     out = decode_rgb(pil_bytes(Image.fromarray(unit * 0.5, mode="F"), "TIFF"))
     assert out.max() == 128  # [0, 1] floats are pixels in [0, 1], not stretched
+    out = decode_rgb(pil_bytes(Image.fromarray(np.eye(4, dtype=np.int32), mode="I"), "TIFF"))
+    assert out.max() == 255  # 32-bit integers 0 and 1 are a range to stretch, unlike [0, 1] floats
     sixteen = (np.arange(400).reshape(20, 20) * 160).astype(np.uint16)
     ok, buf = cv2.imencode(".png", sixteen)
     out = decode_rgb(buf.tobytes())

@@ -7,7 +7,7 @@ import torch
 from emodetect.cli import main
 from emodetect.models import create_model, get_spec
 from emodetect.models.artifact import load_artifact, save_network
-from emodetect.models.export import export_onnx, onnx_session, read_onnx_metadata
+from emodetect.models.export import export_onnx, onnx_session, quantize_int8, read_onnx_metadata
 from emodetect.models.predict import Predictor
 
 
@@ -32,6 +32,17 @@ def test_export_round_trip_matches_pytorch_and_keeps_its_metadata(tiny_file, tmp
     assert batch_of_one.shape == (1, 8)
 
 
+def test_int8_copy_says_so_and_stays_close_to_fp32(tiny_file):
+    art = load_artifact(tiny_file)
+    data = export_onnx(art)
+    faces = np.random.default_rng(2).integers(0, 256, (64, 32, 32, 1), dtype=np.uint8)
+    q = quantize_int8(data, faces)
+    assert read_onnx_metadata(q)["quantization"].startswith("int8") and "quantization" not in read_onnx_metadata(data)
+    (p8,) = onnx_session(q).run(["probabilities"], {"images": faces})
+    (p32,) = onnx_session(data).run(["probabilities"], {"images": faces})
+    assert p8.shape == p32.shape and np.abs(p8 - p32).max() < 0.05
+
+
 @pytest.mark.parametrize("backend", ["fused", "onnx"])
 def test_predictor_backends_agree_with_plain_pytorch(tiny_file, backend):
     art = load_artifact(tiny_file)
@@ -47,6 +58,9 @@ def test_export_command_writes_the_graph_and_refuses_bad_targets(tiny_file, tmp_
     assert (tmp_path / "out.onnx").stat().st_size > 1000 and "opset 17" in capsys.readouterr().out
     assert main(["export", str(tiny_file), "--onnx", str(tmp_path / "out.txt")]) == 2
     assert main(["export", str(tiny_file), "--onnx", str(tmp_path / "x.onnx"), "--int8", str(tmp_path / "q.onnx")]) == 2
+    same = str(tmp_path / "same.onnx")  # the int8 copy may be deleted: it must never be the fp32 file
+    assert main(["export", str(tiny_file), "--onnx", same, "--int8", same, "--data", str(tmp_path)]) == 2
+    assert not (tmp_path / "same.onnx").exists()
 
 
 @pytest.mark.real_data

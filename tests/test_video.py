@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from emodetect.cli import main
+from emodetect.errors import EmodetectError
 from emodetect.inference.analyze import Analyzer
 from emodetect.inference.video import Tracker, analyze_video, frames
 from emodetect.labels import CLASSES
@@ -76,3 +77,9 @@ def test_predict_on_a_video_writes_rows_tracks_an_annotated_video_and_a_timeline
     assert main(["predict", str(two_face_video), "--fps", "5", "--out", str(tmp_path / "v.csv")]) == 0
     rows = (tmp_path / "v.csv").read_text().splitlines()
     assert rows[0].startswith("file,frame,time_s,face,track") and len(rows) >= 1 + 2 * 14
+
+
+def test_a_video_over_the_pixel_limit_is_refused_before_decoding(two_face_video, monkeypatch):
+    monkeypatch.setenv("EMODETECT_MAX_PIXELS", str(640 * 360 - 1))
+    with pytest.raises(EmodetectError, match="over the limit"):
+        next(frames(two_face_video))

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from emodetect import __version__
-from emodetect.errors import EmodetectError
+from emodetect.errors import EmodetectError, printable
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,14 +40,9 @@ def _folder_arg(path: Path | None, flag: str) -> None:
             break
 
 
-def _printable(text: str) -> str:
-    """Text from the data (file names, CSV fields) with control characters escaped: one line stays one line."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
-
-
 def _print_warnings(info: dict) -> None:
     for w in info.get("warnings", []):
-        print(f"warning: {_printable(w)}", file=sys.stderr)
+        print(f"warning: {printable(w)}", file=sys.stderr)
 
 
 def _add_data_options(p: argparse.ArgumentParser, mode_default: str | None = "gray") -> None:
@@ -100,7 +95,7 @@ def cmd_ingest(args) -> int:
         reasons = info.get("unreadable_reasons") or dict.fromkeys(info["unreadable"], "unreadable")
         print(f"skipped {len(reasons)} unreadable images:")
         for path, why in list(reasons.items())[:10]:
-            print(f"  {_printable(path)}: {_printable(why)}")
+            print(f"  {printable(path)}: {printable(why)}")
         if len(reasons) > 10:
             print(f"  ... and {len(reasons) - 10} more")
     if info["n_ignored_files"]:
@@ -248,6 +243,8 @@ def cmd_export(args) -> int:
     if args.int8 is not None and args.data is None:
         raise EmodetectError("--int8 needs --data: the quantised copy is calibrated on it and kept only if it costs at "
                              "most 0.5 points of test accuracy")  # fmt: skip
+    if args.int8 is not None and args.int8.resolve() == args.onnx.resolve():
+        raise EmodetectError("--int8 must name another file than --onnx (the int8 copy is deleted when it is not kept)")
     for target in (args.onnx, args.int8):
         if target is not None:
             _folder_arg(target.parent, "--onnx/--int8")
@@ -276,7 +273,7 @@ def cmd_serve(args) -> int:
     checks = ((0 <= args.port <= 65535, "--port must be between 0 and 65535"),
               (args.workers is None or args.workers >= 1, "--workers must be at least 1"),
               (args.queue >= 0, "--queue must be 0 or more"),
-              (args.max_upload_mb > 0, "--max-upload-mb must be above 0"))  # fmt: skip
+              (0 < args.max_upload_mb <= 10_000, "--max-upload-mb must be above 0 and at most 10000"))  # fmt: skip
     for ok, message in checks:
         if not ok:
             raise EmodetectError(message)
@@ -428,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         tune_malloc()  # the command line owns the process: keep freed memory for the next batch (emodetect.malloc)
         return args.func(args)
     except EmodetectError as exc:
-        print(f"emodetect: error: {_printable(exc)}", file=sys.stderr)
+        print(f"emodetect: error: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("emodetect: interrupted", file=sys.stderr)
@@ -439,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line for the user, the traceback on request
         if os.environ.get("EMODETECT_DEBUG"):
             raise
-        print(f"emodetect: internal error: {type(exc).__name__}: {_printable(exc)} (set EMODETECT_DEBUG=1 for the "
+        print(f"emodetect: internal error: {type(exc).__name__}: {printable(exc)} (set EMODETECT_DEBUG=1 for the "
               "traceback and please report it)", file=sys.stderr)  # fmt: skip
         return 1
 

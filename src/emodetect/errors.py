@@ -3,3 +3,8 @@
 
 class EmodetectError(Exception):
     """A user-facing problem (bad input, missing file, unknown name). The CLI prints it without a traceback."""
+
+
+def printable(text) -> str:
+    """Text from the data (file names, CSV fields) with control characters escaped: one line stays one line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))

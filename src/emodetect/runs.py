@@ -22,7 +22,7 @@ from emodetect.evaluation.calibration import calibrate
 from emodetect.evaluation.evaluate import Evaluation, evaluate
 from emodetect.evaluation.predictions import write_predictions
 from emodetect.evaluation.robustness import robustness
-from emodetect.files import read_json, write_json
+from emodetect.files import atomic_write, read_json, write_json
 from emodetect.labels import CLASSES
 from emodetect.models.artifact import (
     Artifact,
@@ -280,18 +280,16 @@ def quantize_and_check(artifact, onnx_bytes: bytes, out, data, cache_dir=None, l
     data_cfg = DataConfig(**artifact.meta.get("data", {}))
     _, tr, _, te = load_splits(data, data_cfg, artifact.preprocess.mode, cache_dir, progress=False)
     pick = np.random.default_rng(0).choice(len(tr), min(512, len(tr)), replace=False)
-    out = Path(out)
-    quantize_int8(onnx_bytes, to_uint8_input(tr.images[pick], artifact.preprocess), out)
+    quantized = quantize_int8(onnx_bytes, to_uint8_input(tr.images[pick], artifact.preprocess))
     x = to_uint8_input(te.images, artifact.preprocess)
 
     def accuracy(session) -> float:
         proba = np.concatenate([session.run(["probabilities"], {"images": x[s : s + 256]})[0] for s in range(0, len(x), 256)])
         return float((proba.argmax(1) == te.labels).mean())
 
-    fp32, int8 = accuracy(onnx_session(onnx_bytes)), accuracy(onnx_session(out))
+    fp32, int8 = accuracy(onnx_session(onnx_bytes)), accuracy(onnx_session(quantized))
     kept = fp32 - int8 <= limit
-    size = out.stat().st_size
-    if not kept:
-        out.unlink()
-    return {"fp32_accuracy": fp32, "int8_accuracy": int8, "change": int8 - fp32, "kept": kept, "bytes": size,
+    if kept:  # nothing is written (or overwritten) otherwise
+        atomic_write(out, quantized)
+    return {"fp32_accuracy": fp32, "int8_accuracy": int8, "change": int8 - fp32, "kept": kept, "bytes": len(quantized),
             "n_images": len(te)}  # fmt: skip

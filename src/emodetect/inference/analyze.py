@@ -106,7 +106,11 @@ class Analyzer:
     def classify(self, rgb_images: list[np.ndarray], detections: list[list[Detection]]) -> list[list[Face]]:
         """Crop and classify the faces of several images in one batch."""
         crops = [crop_face(img, d) for img, dets in zip(rgb_images, detections) for d in dets]
-        proba = self.predictor.predict_proba(np.stack(crops)) if crops else np.zeros((0, len(CLASSES)))
+        proba = self.predictor.predict_proba(np.stack(crops)) if crops else np.zeros((0, len(self.classes)))
+        if tuple(self.classes) != tuple(CLASSES):  # a model of fewer classes: theirs in place, the others 0
+            full = np.zeros((len(proba), len(CLASSES)), proba.dtype)
+            full[:, [CLASSES.index(c) for c in self.classes]] = proba
+            proba = full
         out, k = [], 0
         for dets in detections:
             out.append([self._face(d, proba[k + j]) for j, d in enumerate(dets)])

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from emodetect.data.decode import UnreadableImage
 from emodetect.data.source import IMAGE_EXTENSIONS
-from emodetect.errors import EmodetectError
+from emodetect.errors import EmodetectError, printable
 from emodetect.files import atomic_write
 from emodetect.inference.analyze import Analyzer, Face, load_image
 from emodetect.inference.video import VIDEO_EXTENSIONS, Tracker, analyze_video, video_info
@@ -40,6 +40,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     error naming it."""
     out: list[Path] = []
     for item in inputs:
+        if not item.strip():  # Path("") is the current folder: never analyse it by accident
+            raise EmodetectError("an input is an empty string (an unset shell variable?)")
         p = Path(item)
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
@@ -148,17 +150,22 @@ def predict_paths(inputs: list[str], *, analyzer: Analyzer, out: Path | None = N
     if annotate is not None and images and annotate.suffix.lower() in VIDEO_EXTENSIONS:
         raise EmodetectError("--annotate for photos is a folder; give an .mp4 path only when every input is a video")
     results: list[FileResult] = []
+    names = UniqueNames()
     bar = tqdm(total=len(images), desc="photos", unit="img", disable=not progress or None or len(images) < 2, leave=False)
     for p, rgb, res, faces in _image_results(images, analyzer):
         results.append(res)
         if rgb is not None and annotate is not None:
             from emodetect.inference.annotate import draw_faces, save_image
 
-            save_image(draw_faces(rgb, faces), annotate / f"{p.stem}-annotated.jpg")
+            try:  # one copy that cannot be written costs that copy, not the run's results
+                save_image(draw_faces(rgb, faces), names(annotate / f"{p.stem}-annotated.jpg"))
+            except EmodetectError as exc:
+                stderr_echo(f"warning: no annotated copy of {printable(p)}: {printable(exc)}")
         bar.update(1)
     bar.close()
     for v in videos:
-        results.append(_video_result(v, analyzer, fps, smooth_s, detect_every, annotate, timeline, len(videos), progress))
+        results.append(_video_result(v, analyzer, fps, smooth_s, detect_every, annotate, timeline, len(videos), progress,
+                                     names))  # fmt: skip
     for res in results:
         summary.n_read += not res.error
         summary.n_errors += bool(res.error)
@@ -171,8 +178,23 @@ def predict_paths(inputs: list[str], *, analyzer: Analyzer, out: Path | None = N
     return summary
 
 
+class UniqueNames:
+    """Output paths for one run: a name already given gets -2, -3, ... (inputs a/x.jpg and b/x.jpg both annotate)."""
+
+    def __init__(self):
+        self.used: set[Path] = set()
+
+    def __call__(self, path: Path) -> Path:
+        candidate, k = path, 1
+        while candidate in self.used:
+            k += 1
+            candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        self.used.add(candidate)
+        return candidate
+
+
 def _video_result(path: Path, analyzer: Analyzer, fps, smooth_s, detect_every, annotate, timeline, n_videos,
-                  progress) -> FileResult:  # fmt: skip
+                  progress, names: UniqueNames) -> FileResult:  # fmt: skip
     res = FileResult(str(path), "video")
     try:
         info = video_info(path)
@@ -186,7 +208,7 @@ def _video_result(path: Path, analyzer: Analyzer, fps, smooth_s, detect_every, a
         from emodetect.inference.annotate import VideoAnnotator
 
         target = annotate if annotate.suffix.lower() in VIDEO_EXTENSIONS and n_videos == 1 else \
-            annotate / f"{path.stem}-annotated.mp4"  # fmt: skip
+            names(annotate / f"{path.stem}-annotated.mp4")  # fmt: skip
         writer = VideoAnnotator(target, fps or info["fps"] or 25.0)
     tracker = Tracker(smooth_s)
     total = info["frames"] if not fps or not info["fps"] else int(info["frames"] * min(1.0, fps / info["fps"]))
@@ -205,20 +227,21 @@ def _video_result(path: Path, analyzer: Analyzer, fps, smooth_s, detect_every, a
         bar.close()
         if writer is not None:
             writer.close()
-    if not frames_out:
-        res.error = "no frame could be decoded"
-        res.rows = [face_row(str(path), None, None, label="error", error=res.error)]
-    elif not res.rows:
-        res.rows = [face_row(str(path), None, None, label="no_face")]
     tracks = tracker.summaries()
     res.nested = {"file": str(path), "fps": info["fps"], "width": info["width"], "height": info["height"],
                   "frames": frames_out, "tracks": tracks}  # fmt: skip
+    if not frames_out:
+        res.error = res.nested["error"] = "no frame could be decoded"
+        res.rows = [face_row(str(path), None, None, label="error", error=res.error)]
+    elif not res.rows:
+        res.rows = [face_row(str(path), None, None, label="no_face")]
     if timeline is not None and tracks:
         from emodetect import plots
 
         fig = plots.timeline({t.id: t.history for t in sorted(tracker.finished + list(tracker.tracks.values()),
                                                               key=lambda t: t.id)}, CLASSES, title=path.name)  # fmt: skip
-        target = timeline if timeline.suffix.lower() == ".png" and n_videos == 1 else timeline / f"{path.stem}-timeline.png"
+        target = timeline if timeline.suffix.lower() == ".png" and n_videos == 1 else \
+            names(timeline / f"{path.stem}-timeline.png")  # fmt: skip
         target.parent.mkdir(parents=True, exist_ok=True)
         plots.save(fig, target)
     return res
@@ -243,14 +266,14 @@ def format_table(rows: list[dict]) -> str:
     """A readable table: one line per face, the top emotions with their probabilities."""
     if not rows:
         return "no results"
-    width = min(max(len(os.path.basename(str(r["file"]))) for r in rows), 40)
+    width = min(max(len(printable(os.path.basename(str(r["file"])))) for r in rows), 40)
     lines = [f"{'file':<{width}}  {'frame':>6} {'time':>7}  {'face':>4} {'track':>5}  {'box (x, y, w, h)':<22}  "
              f"{'emotion':<10} {'conf':>5}  top-3"]  # fmt: skip
     for r in rows:
-        name = os.path.basename(str(r["file"]))[-width:]
+        name = printable(os.path.basename(str(r["file"])))[-width:]
         when = (f"{r['frame']:>6} {r['time_s']:>6.2f}s" if r["frame"] != "" else f"{'':>6} {'':>7}")
         if r["face"] == "":
-            detail = r["error"] if r["label"] == "error" else ""
+            detail = printable(r["error"]) if r["label"] == "error" else ""
             lines.append(f"{name:<{width}}  {when}  {'':>4} {'':>5}  {'':<22}  {r['label']:<10} {'':>5}  {detail}")
             continue
         box = f"{r['x']:.0f}, {r['y']:.0f}, {r['w']:.0f}, {r['h']:.0f}"

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emodetect.data.decode import max_image_pixels
 from emodetect.errors import EmodetectError
 from emodetect.inference.analyze import Analyzer, Face
 from emodetect.inference.faces import Detection
@@ -133,6 +134,11 @@ def open_video(path: str | Path) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise EmodetectError(f"cannot open video {path} (not a video, or a codec OpenCV cannot decode)")
+    w, h, limit = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), max_image_pixels()
+    if w * h > limit:  # the photos' limit holds for every frame: one frame is decoded before anything can refuse it
+        cap.release()
+        raise EmodetectError(f"video {path} has {w}x{h} = {w * h:,} pixels per frame, over the limit of {limit:,} "
+                             "(EMODETECT_MAX_PIXELS)")  # fmt: skip
     return cap
 
 

@@ -369,15 +369,17 @@ def create_app(model="default", detector: str = "mtcnn", *, token: str | None = 
               responses={400: {"model": ErrorOut}, 408: {"model": ErrorOut}, 413: {"model": ErrorOut},
                          415: {"model": ErrorOut}, 503: {"model": ErrorOut}})  # fmt: skip
     async def analyze(request: Request, min_confidence: float = Query(0.0, ge=0, le=1),
-                      max_faces: int | None = Query(None, ge=1, le=MAX_FACES)) -> dict:  # fmt: skip
-        """The faces in one image, largest first, each with its box, landmarks, detection score and the
-        probability of every emotion (the schema of `emodetect predict`'s JSON)."""
+                      max_faces: int = Query(MAX_FACES, ge=1, le=MAX_FACES)) -> dict:  # fmt: skip
+        """The faces in one image, largest first (at most max_faces, 100 by default), each with its box,
+        landmarks, detection score and the probability of every emotion (the schema of `emodetect predict`'s
+        JSON)."""
+        # the upload is read before a worker slot is taken: a slow client holds a connection, never a worker
+        data = await read_upload(request, max_upload_bytes)
+        if sniff_format(data) == "unknown":
+            raise HTTPException(415, "not an image file (JPEG, PNG, WebP, BMP, TIFF or GIF expected)")
         if not pool.admit():
             raise HTTPException(503, "the server is busy; retry in a second", headers={"Retry-After": "1"})
         try:
-            data = await read_upload(request, max_upload_bytes)
-            if sniff_format(data) == "unknown":
-                raise HTTPException(415, "not an image file (JPEG, PNG, WebP, BMP, TIFF or GIF expected)")
             try:
                 return await pool.run(analyze_image, data, min_confidence, max_faces)
             except UnreadableImage as exc:
