@@ -193,10 +193,19 @@ def _robustness_section(c: dict) -> list[str]:
     r = c.get("robustness")
     if not r:
         return []
+    sources = sorted(r["clean"].get("by_source", {})) if len(r["clean"].get("by_source", {})) > 1 else []
     lines = ["## Robustness (test split, each corruption applied to every image)", "",
-             "| corruption | accuracy | change |", "|---|---|---|"]  # fmt: skip
-    base = r["clean"]["accuracy"]
-    lines += [f"| {k} | {v['accuracy']:.4f} | {100 * (v['accuracy'] - base):+.1f} points |" for k, v in r.items()]
+             "| corruption | accuracy | change |" + "".join(f" {s} | change |" for s in sources),
+             "|---|---|---|" + "---|---|" * len(sources)]  # fmt: skip
+
+    def cells(acc: float, base: float) -> str:
+        return f" {acc:.4f} | {100 * (acc - base):+.1f} points |"
+
+    for k, v in r.items():
+        row = f"| {k} |" + cells(v["accuracy"], r["clean"]["accuracy"])
+        for s in sources:
+            row += cells(v["by_source"][s]["accuracy"], r["clean"]["by_source"][s]["accuracy"])
+        lines.append(row)
     return lines + [""]
 
 
