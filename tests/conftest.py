@@ -166,3 +166,19 @@ def real_faces():
         pick = [names[i] for i in np.random.default_rng(0).choice(len(names), 48, replace=False)]
         faces = np.stack([decode_rgb(z.read(n)) for n in pick])
     return faces, np.array([label_to_index(n.split("/")[0]) for n in pick])
+
+
+@pytest.fixture(scope="session")
+def real_fer_faces():
+    """200 real FER2013 faces (48x48 gray JPEGs, as RGB) with their folder labels, read straight from the shared
+    zip at test time (never written anywhere). Drawn from the whole zip: some are in the shipped models' train split."""
+    if not FER_ZIP.exists():
+        pytest.skip(f"shared FER2013 zip not found at {FER_ZIP}")
+    from emodetect.data.decode import decode_rgb
+    from emodetect.labels import label_to_index
+
+    with zipfile.ZipFile(FER_ZIP) as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".jpg"))
+        pick = [names[i] for i in np.random.default_rng(0).choice(len(names), 200, replace=False)]
+        faces = np.stack([decode_rgb(z.read(n)) for n in pick])
+    return faces, np.array([label_to_index(n.split("/")[-2]) for n in pick])

@@ -64,10 +64,11 @@ def test_export_command_writes_the_graph_and_refuses_bad_targets(tiny_file, tmp_
 
 
 @pytest.mark.real_data
-def test_the_shipped_model_exports_within_1e4_of_pytorch_on_real_faces(real_faces, tmp_path):
+@pytest.mark.parametrize("name", ["default", "fast"])
+def test_the_shipped_models_export_within_1e4_of_pytorch_on_real_faces(name, real_faces, tmp_path):
     import emodetect
 
-    art = emodetect.load_model().artifact
+    art = emodetect.load_model(name).artifact
     faces = real_faces[0][:24]
     size = art.preprocess.size
     import cv2

@@ -42,7 +42,8 @@ PRESETS: dict[str, dict] = {
             "cnn_seed": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "epochs": 25, "patience": 6},
             # transfer learning: FER2013 mini-Xception (gray 64x64) and ImageNet EfficientNet-Lite0 (RGB 96x96)
             "mini_xception": {"epochs": 15, "lr": 2e-3, "weight_decay": 0.01, "label_smoothing": 0.1, "patience": 5},
-            # = configs/default_model.json: the shipped model (96x96 faces upsampled to 112, the net's own size)
+            # AffectNet only, no shortcut augmentations (the first shipped model's recipe; 96x96 faces upsampled
+            # to 112, the net's own size); today's default model adds FER2013 and augmentations (configs/)
             "efficientnet_lite0": {"epochs": 16, "lr": 1e-3, "weight_decay": 0.05, "image_size": 112,
                                    "label_smoothing": 0.1, "patience": 6},  # fmt: skip
         },
