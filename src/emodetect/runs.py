@@ -16,6 +16,7 @@ import numpy as np
 from emodetect import plots
 from emodetect.config import DataConfig
 from emodetect.data import Dataset, load_datasets
+from emodetect.data.dataset import DataSource
 from emodetect.data.split import SPLITS
 from emodetect.errors import EmodetectError
 from emodetect.evaluation.calibration import calibrate
@@ -74,7 +75,9 @@ def load_splits(data, data_cfg: DataConfig, mode: str, cache_dir=None, progress:
 
 
 def _data_sources(data) -> list[str]:
-    return [str(d) for d in ([data] if isinstance(data, (str, Path)) else data)]
+    """The datasets as `--data` takes them back (PATH or NAME=PATH)."""
+    items = [data] if isinstance(data, (str, Path, DataSource)) else data
+    return [f"{d.name}={d.path}" if isinstance(d, DataSource) else str(d) for d in items]
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -169,7 +172,9 @@ class Run:
 
     def load_splits(self, data=None, cache_dir=None, progress: bool = False):
         """(all, train, val, test) of the data the run was trained on (or `data`), as it was split then."""
-        data = data or self.artifact.meta.get("source")
+        datasets = self.artifact.meta.get("datasets") or {}
+        recorded = [f"{n}={d['path']}" for n, d in datasets.items()] if len(datasets) > 1 else None
+        data = data or recorded or self.artifact.meta.get("source")
         if not data:
             raise EmodetectError(f"{self.path}: the run does not record its dataset; pass --data")
         return load_splits(data, self.data_config, self.artifact.preprocess.mode, cache_dir, progress)
@@ -200,7 +205,8 @@ def evaluate_model(model, data, *, split: str = "auto", data_cfg: DataConfig = D
                        relfcs_max=data_cfg.relfcs_max, seed=data_cfg.split_seed, cache_dir=cache_dir,
                        progress=log is not None, split=split != "all")  # fmt: skip
     if split == "auto":
-        same = ds.info["fingerprint"] == artifact.meta.get("fingerprint")
+        seen = {artifact.meta.get("fingerprint")} | {d.get("fingerprint") for d in (artifact.meta.get("datasets") or {}).values()}
+        same = ds.info["fingerprint"] in seen - {None}  # the training data, or one of the datasets it was trained on
         split = "test" if same else "all"
         if same and log:
             log(f"{data} is the model's training data ({trained_on}): scoring its stored test split "
