@@ -28,7 +28,7 @@ from emodetect.serve import app as serve_app  # noqa: E402
 from emodetect.serve.app import create_app  # noqa: E402
 
 SERVE_DIR = Path(serve_app.__file__).parent
-HAPPY_CROP = "happy/image0032221.jpg"  # a 96x96 AffectNet crop the shipped model calls happy
+HAPPY_CROP = "happy/ffhq_1.png"  # a 96x96 crop both shipped models call happy (0.84 and 0.82 in this photo)
 COUPLE = "images/19--Couple/19_Couple_Couple_19_86.jpg"  # WIDER FACE: two large faces
 TOKEN = "s3cret-token"
 
