@@ -1,6 +1,7 @@
 """The shipped models: `emodetect ship` on a tiny run, and the real shipped files on real faces."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,8 @@ def test_ship_writes_a_float16_model_and_a_card(tmp_path, tiny_dataset):
     card = ship(run, tmp_path / "weights", cache_dir=cache, command="emodetect train tiny ...", log=lambda m: None)
     shipped = emodetect.load_model(tmp_path / "weights" / "default.safetensors")
     assert isinstance(shipped, Predictor) and shipped.artifact.meta["dtype"] == "float16"
+    assert str(Path(data).parent) not in json.dumps(shipped.artifact.meta)  # where the data was kept stays private
+    assert Path(data).name in shipped.artifact.meta["source"]
     assert card["fp16_agreement_with_fp32"] > 0.95
     text = (tmp_path / "weights" / "MODEL_CARD.md").read_text()
     for part in ("## Test-split metrics", "| class | precision", "Accuracy differs by file format", "## Licences",

@@ -51,7 +51,7 @@ def ship(run_dir, dest_dir=WEIGHTS_DIR, *, name: str = "default", data=None, cac
     if dest.exists() and not dest.is_dir():
         raise EmodetectError(f"--dest {dest} is a file; give a folder")
     test = run.load_splits(data, cache_dir)[3]  # everything is checked before anything is written
-    meta = {k: v for k, v in src.meta.items() if k not in _NOT_COPIED}
+    meta = without_machine_paths({k: v for k, v in src.meta.items() if k not in _NOT_COPIED})
     with tempfile.TemporaryDirectory() as tmp:  # the shipped files change only when all of them are ready
         staged = save_network(Path(tmp) / SHIPPED_MODELS[name], src.model, src.name, src.preprocess, meta,
                               model_kwargs=src.meta.get("model_kwargs"), half=True)  # fmt: skip
@@ -71,6 +71,24 @@ def ship(run_dir, dest_dir=WEIGHTS_DIR, *, name: str = "default", data=None, cac
     log(f"shipped {shipped.name} as {name!r} ({size / 1e6:.2f} MB float16): test accuracy {m['accuracy']:.4f}, "
         f"macro-F1 {m['macro_f1']:.4f}; {path}")  # fmt: skip
     return card
+
+
+def without_machine_paths(meta: dict) -> dict:
+    """The run's description with dataset paths cut to their file names: a shipped file does not record where
+    its maker kept the data (datasets are recognised by their fingerprints)."""
+
+    def name_only(item: str) -> str:
+        name, sep, path = str(item).rpartition("=")
+        return f"{name}{sep}{Path(path).name}"
+
+    out = dict(meta)
+    if isinstance(out.get("source"), (list, tuple)):
+        out["source"] = [name_only(s) for s in out["source"]]
+    elif isinstance(out.get("source"), str):
+        out["source"] = name_only(out["source"])
+    if isinstance(out.get("datasets"), dict):
+        out["datasets"] = {n: {**d, "path": Path(str(d.get("path", ""))).name} for n, d in out["datasets"].items()}
+    return out
 
 
 def card_summary(card: dict) -> dict:
