@@ -46,6 +46,11 @@ class Detection:
 # ----------------------------------------------------------------------------------------------- networks
 
 
+def pool(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """Caffe's max pooling (ceil mode), in channels-last memory: several times faster on CPU than NCHW."""
+    return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), kernel, stride, ceil_mode=True)
+
+
 class PNet(nn.Module):
     """Proposal net, fully convolutional, stride 2 over 12x12 windows."""
 
@@ -58,7 +63,7 @@ class PNet(nn.Module):
         self.conv4_2 = nn.Conv2d(32, 4, 1)  # box offsets
 
     def forward(self, x):  # (N, 3, H, W) -> (N, 4, H', W') offsets, (N, H', W') face probability
-        x = F.max_pool2d(self.prelu1(self.conv1(x)), 2, 2, ceil_mode=True)
+        x = pool(self.prelu1(self.conv1(x)), 2, 2)
         x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
         return self.conv4_2(x), self.conv4_1(x).softmax(1)[:, 1]
 
@@ -76,8 +81,8 @@ class RNet(nn.Module):
         self.dense5_2 = nn.Linear(128, 4)
 
     def forward(self, x):  # (N, 3, 24, 24) -> (N, 4) offsets, (N,) face probability
-        x = F.max_pool2d(self.prelu1(self.conv1(x)), 3, 2, ceil_mode=True)
-        x = F.max_pool2d(self.prelu2(self.conv2(x)), 3, 2, ceil_mode=True)
+        x = pool(self.prelu1(self.conv1(x)), 3, 2)
+        x = pool(self.prelu2(self.conv2(x)), 3, 2)
         x = self.prelu3(self.conv3(x))  # (N, 64, 3, 3)
         x = self.prelu4(self.dense4(x.permute(0, 3, 2, 1).flatten(1)))  # Caffe's (W, H, C) flattening order
         return self.dense5_2(x), self.dense5_1(x).softmax(1)[:, 1]
@@ -98,9 +103,9 @@ class ONet(nn.Module):
         self.dense6_3 = nn.Linear(256, 10)
 
     def forward(self, x):  # (N, 3, 48, 48) -> (N, 4) offsets, (N, 10) landmarks x5 then y5, (N,) face probability
-        x = F.max_pool2d(self.prelu1(self.conv1(x)), 3, 2, ceil_mode=True)
-        x = F.max_pool2d(self.prelu2(self.conv2(x)), 3, 2, ceil_mode=True)
-        x = F.max_pool2d(self.prelu3(self.conv3(x)), 2, 2, ceil_mode=True)
+        x = pool(self.prelu1(self.conv1(x)), 3, 2)
+        x = pool(self.prelu2(self.conv2(x)), 3, 2)
+        x = pool(self.prelu3(self.conv3(x)), 2, 2)
         x = self.prelu4(self.conv4(x))  # (N, 128, 3, 3)
         x = self.prelu5(self.dense5(x.permute(0, 3, 2, 1).flatten(1)))
         return self.dense6_2(x), self.dense6_3(x), self.dense6_1(x).softmax(1)[:, 1]
@@ -191,9 +196,9 @@ def bbreg(boxes: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
     return torch.cat([boxes[:, :4] + reg * wh, boxes[:, 4:5]], 1)
 
 
-def integral(rgb: torch.Tensor) -> torch.Tensor:
-    """(H, W, 3) uint8 image -> (3, H + 1, W + 1) float64 summed-area table (exact for 8-bit pixel values)."""
-    return F.pad(rgb.permute(2, 0, 1).double().cumsum(1).cumsum(2), (1, 0, 1, 0))
+def integral(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 image -> (H + 1, W + 1, 3) float64 summed-area table (exact for 8-bit pixel values)."""
+    return torch.from_numpy(cv2.integral(np.ascontiguousarray(rgb), sdepth=cv2.CV_64F))
 
 
 def bins(lo: torch.Tensor, hi: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,21 +216,32 @@ def area_resize(sat: torch.Tensor, x1, y1, x2, y2, out_h: int, out_w: int) -> to
     ys, ye = bins(y1, y2, out_h)  # (K, out_h)
     xs, xe = bins(x1, x2, out_w)  # (K, out_w)
 
-    def at(yy, xx):  # (K, out_h), (K, out_w) -> (K, 3, out_h, out_w) table values at the corners
-        return sat[:, yy[:, :, None], xx[:, None, :]].transpose(0, 1)
+    def at(yy, xx):  # (K, out_h), (K, out_w) -> (K, out_h, out_w, 3) table values at the corners
+        return sat[yy[:, :, None], xx[:, None, :]]
 
-    total = at(ye, xe).sub_(at(ys, xe)).sub_(at(ye, xs)).add_(at(ys, xs))  # in place: big pyramid levels
-    count = (ye - ys)[:, None, :, None] * (xe - xs)[:, None, None, :]  # (K, 1, out_h, out_w)
-    return (total / count).float()
+    total = at(ye, xe).sub_(at(ys, xe)).sub_(at(ye, xs)).add_(at(ys, xs))
+    count = (ye - ys)[:, :, None, None] * (xe - xs)[:, None, :, None]  # (K, out_h, out_w, 1)
+    return (total / count).float().permute(0, 3, 1, 2)
+
+
+def resize_whole(sat: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """The whole image -> (1, 3, out_h, out_w): area_resize of one region, done separably (rows, then columns)."""
+    h, w = sat.shape[0] - 1, sat.shape[1] - 1
+    ys, ye = bins(torch.tensor([0]), torch.tensor([h]), out_h)
+    xs, xe = bins(torch.tensor([0]), torch.tensor([w]), out_w)
+    rows = sat.index_select(0, ye[0]) - sat.index_select(0, ys[0])  # (out_h, W + 1, 3) row-band sums so far
+    total = rows.index_select(1, xe[0]) - rows.index_select(1, xs[0])  # (out_h, out_w, 3)
+    count = (ye - ys)[0, :, None, None] * (xe - xs)[0, None, :, None]
+    return (total / count).float().permute(2, 0, 1)[None]
 
 
 def crops(sat: torch.Tensor, boxes: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(3, H + 1, W + 1) summed-area table, (K, 5) boxes -> (K', 3, size, size) normalised crops, (K',) their rows.
+    """(H + 1, W + 1, 3) summed-area table, (K, 5) boxes -> (K', 3, size, size) normalised crops, (K',) their rows.
 
     Like facenet-pytorch, boxes are truncated to integers and clipped to the image (no zero padding: a crop
     at the border is stretched to the square); boxes that lie wholly outside are dropped.
     """
-    h, w = sat.shape[1] - 1, sat.shape[2] - 1
+    h, w = sat.shape[0] - 1, sat.shape[1] - 1
     b = boxes[:, :4].trunc().long()  # (K, 4) 1-based, inclusive x1, y1, x2, y2
     x1, y1 = b[:, 0].clamp(min=1) - 1, b[:, 1].clamp(min=1) - 1  # 0-based start
     x2, y2 = b[:, 2].clamp(max=w), b[:, 3].clamp(max=h)  # exclusive end
@@ -235,11 +251,10 @@ def crops(sat: torch.Tensor, boxes: torch.Tensor, size: int) -> tuple[torch.Tens
 
 def propose(sat: torch.Tensor, pnet: PNet, min_face_size: float, threshold: float, factor: float) -> torch.Tensor:
     """Stage 1: P-Net over the pyramid, NMS per scale (IoU 0.5) then over all (0.7) -> (K, 5) squares + score."""
-    h, w = sat.shape[1] - 1, sat.shape[2] - 1
-    whole = torch.tensor([0]), torch.tensor([0]), torch.tensor([w]), torch.tensor([h])
+    h, w = sat.shape[0] - 1, sat.shape[1] - 1
     found = [sat.new_zeros(0, 9, dtype=torch.float32)]
     for scale in pyramid(h, w, min_face_size, factor):
-        x = normalise(area_resize(sat, *whole, int(h * scale + 1), int(w * scale + 1)))  # (1, 3, H', W')
+        x = normalise(resize_whole(sat, int(h * scale + 1), int(w * scale + 1)))  # (1, 3, H', W')
         reg, prob = pnet(x)  # (1, 4, H', W'), (1, H', W')
         boxes = proposals(reg[0], prob[0], scale, threshold)  # (K, 9)
         found.append(boxes[nms(boxes[:, :4], boxes[:, 4], 0.5)])
@@ -272,7 +287,7 @@ def output(sat: torch.Tensor, boxes: torch.Tensor, onet: ONet, threshold: float)
     return boxes[pick], points[pick]
 
 
-def detect_mtcnn(rgb: torch.Tensor, nets, min_face_size=20.0, thresholds=(0.6, 0.7, 0.7), factor=0.709):
+def detect_mtcnn(rgb: np.ndarray, nets, min_face_size=20.0, thresholds=(0.6, 0.7, 0.7), factor=0.709):
     """The cascade on one uint8 (H, W, 3) image -> (K, 5) x1, y1, x2, y2, score; (K, 5, 2) landmarks x, y."""
     pnet, rnet, onet = nets
     sat = integral(rgb)
@@ -333,7 +348,7 @@ class MTCNNDetector(Detector):
             self._nets = load_mtcnn_nets()
         with torch.inference_mode():
             args = self.min_face_size, self.thresholds, self.factor
-            boxes, points = detect_mtcnn(torch.tensor(rgb), self._nets, *args)  # a copy: rgb may be read-only
+            boxes, points = detect_mtcnn(rgb, self._nets, *args)
         boxes, points = boxes.numpy(), points.numpy().astype(np.float32)
         return [
             Detection((float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])), float(b[4]), p)
