@@ -14,7 +14,17 @@ import pytest
 import torch
 
 from emodetect.errors import EmodetectError
-from emodetect.inference.faces import DETECTORS, WEIGHTS, Detection, convert_facenet_weights, create_detector
+from emodetect.inference.faces import (
+    DETECTORS,
+    WEIGHTS,
+    Detection,
+    area_resize,
+    convert_facenet_weights,
+    create_detector,
+    integral,
+    pool,
+    resize_whole,
+)
 
 FACES_ZIP = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "faces" / "faces.zip").resolve()
 # photos whose valid faces with h >= 100 MTCNN finds (1 to 4 large faces each, 512-768 px tall)
@@ -85,6 +95,28 @@ def test_weights_load_lazily_and_once(loose_mtcnn):
     nets = det._nets
     det.detect(np.zeros((60, 60, 3), np.uint8))
     assert det._nets is nets and not nets[0].training
+
+
+def test_summed_area_resizes_equal_torch_area_interpolation():
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3)).astype(np.uint8)
+    image = torch.tensor(rgb).permute(2, 0, 1)[None].double()  # (1, 3, H, W)
+    sat = integral(rgb)
+    assert sat.shape == (38, 54, 3) and sat[-1, -1].tolist() == rgb.reshape(-1, 3).sum(0).tolist()
+    for out in [(12, 17), (37, 53), (5, 40), (50, 60)]:  # shrinking, identity, mixed, enlarging
+        want = torch.nn.functional.interpolate(image, out, mode="area").float()
+        torch.testing.assert_close(resize_whole(sat, *out), want, rtol=0, atol=1e-5)
+    x1, y1, x2, y2 = torch.tensor([0, 10]), torch.tensor([3, 0]), torch.tensor([24, 53]), torch.tensor([27, 37])
+    got = area_resize(sat, x1, y1, x2, y2, 24, 24)
+    for k in range(2):
+        crop = image[:, :, int(y1[k]) : int(y2[k]), int(x1[k]) : int(x2[k])]
+        want = torch.nn.functional.interpolate(crop, (24, 24), mode="area").float()[0]
+        torch.testing.assert_close(got[k], want, rtol=0, atol=1e-5)
+
+
+def test_pool_is_caffe_ceil_mode_max_pooling():
+    x = torch.randn(2, 5, 11, 8)
+    want = torch.nn.functional.max_pool2d(x, 3, 2, ceil_mode=True)
+    assert pool(x, 3, 2).shape == (2, 5, 5, 4) and torch.equal(pool(x, 3, 2), want)
 
 
 def test_converted_weights_match_facenet():
