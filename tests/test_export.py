@@ -6,7 +6,7 @@ import torch
 
 from emodetect.cli import main
 from emodetect.models import create_model, get_spec
-from emodetect.models.artifact import load_artifact, save_network
+from emodetect.models.artifact import Artifact, describe, load_artifact, save_network
 from emodetect.models.export import export_onnx, onnx_session, quantize_int8, read_onnx_metadata
 from emodetect.models.predict import Predictor
 
@@ -51,6 +51,21 @@ def test_predictor_backends_agree_with_plain_pytorch(tiny_file, backend):
     fast = Predictor(art, backend=backend)
     assert fast.backend == backend
     np.testing.assert_allclose(fast.predict_proba(faces), ref, atol=1e-4 if backend == "onnx" else 1e-5)
+
+
+def test_in_memory_models_with_the_same_metadata_get_their_own_onnx_graph(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMODETECT_CACHE", str(tmp_path))  # the ONNX cache lives there; start it empty
+    faces = np.random.default_rng(3).integers(0, 256, (8, 32, 32), dtype=np.uint8)
+    meta = describe("torch", "tiny", get_spec("tiny").preprocess, {"tta_flip": False})
+    probas = []
+    for seed in (0, 1):  # same settings and metadata, different weights (a sweep, an ablation)
+        torch.manual_seed(seed)
+        art = Artifact(create_model("tiny", width=8).eval(), dict(meta))
+        onnx_p = Predictor(art, backend="onnx").predict_proba(faces)
+        torch_p = Predictor(art, backend="torch").predict_proba(faces)
+        assert np.abs(onnx_p - torch_p).max() <= 1e-4  # the graph of this model, not of the first one cached
+        probas.append(onnx_p)
+    assert np.abs(probas[0] - probas[1]).max() > 1e-3
 
 
 def test_export_command_writes_the_graph_and_refuses_bad_targets(tiny_file, tmp_path, capsys):
