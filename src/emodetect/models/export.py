@@ -105,20 +105,23 @@ def onnx_session(data: bytes | str | Path, threads: int | None = None):
     return ort.InferenceSession(data if isinstance(data, bytes) else str(data), opts, providers=["CPUExecutionProvider"])
 
 
-def _in_memory_bytes(artifact) -> bytes:
-    """What identifies a model that is not in a file: its metadata and every weight (two networks trained with
-    the same settings share the metadata, not the weights)."""
-    parts = [json.dumps(artifact.meta, sort_keys=True, default=str).encode()]
-    for name, t in artifact.model.state_dict().items():
-        parts += [name.encode(), t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()]
-    return b"\0".join(parts)
+def _digest(artifact):
+    """SHA-256 of what identifies a model: its file's bytes, or (not in a file) its metadata and every weight, since
+    two networks trained with the same settings share the metadata, not the weights."""
+    if artifact.path:
+        return hashlib.sha256(artifact.path.read_bytes())
+    digest = hashlib.sha256(json.dumps(artifact.meta, sort_keys=True, default=str).encode())
+    for name, t in artifact.model.state_dict().items():  # fed one tensor at a time: no copy of the whole model
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest
 
 
 def cached_onnx(artifact, cache_dir: str | Path | None = None) -> bytes:
     """The artifact's ONNX export, made once per model (file, or weights and metadata) and kept in the cache folder."""
     from emodetect.data.ingest import default_cache_dir
 
-    digest = hashlib.sha256(artifact.path.read_bytes() if artifact.path else _in_memory_bytes(artifact))
+    digest = _digest(artifact)
     digest.update(f"{__version__}-{OPSET}".encode())
     path = Path(cache_dir or default_cache_dir()) / "onnx" / f"{artifact.name}-{digest.hexdigest()[:20]}.onnx"
     try:
