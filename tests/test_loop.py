@@ -204,3 +204,44 @@ def test_a_student_distils_from_a_teacher_file(tiny_dataset, tmp_path):
     _, history, _ = fit(replace(TINY, epochs=2, teacher=str(path), model_kwargs={"width": 4}), tr, va, progress=False,
                         log=logs.append)  # fmt: skip
     assert len(history) == 2 and any("soft targets" in m for m in logs)
+
+
+def test_an_online_teacher_scores_every_augmented_batch_at_its_own_size(tiny_dataset, tmp_path, monkeypatch):
+    from emodetect.models.artifact import save_network
+    from emodetect.training import loop
+
+    tr, va = _splits(tiny_dataset)
+    teacher_model, _, _ = fit(replace(TINY, epochs=1), tr, va, progress=False, log=lambda m: None)
+    path = save_network(tmp_path / "teacher.safetensors", teacher_model, "tiny", resolve_model_config("tiny").preprocess,
+                        {"tta_flip": False}, {"width": 8})  # fmt: skip
+    seen, call = [], loop.OnlineTeacher.__call__
+
+    def spy(self, x):
+        seen.append(tuple(x.shape))
+        return call(self, x)
+
+    monkeypatch.setattr(loop.OnlineTeacher, "__call__", spy)
+    logs = []
+    student = replace(TINY, epochs=2, teacher=str(path), distill_views="augmented", image_size=24, mixup=0.4,
+                      model_kwargs={"width": 4})  # fmt: skip
+    _, history, _ = fit(student, tr, va, progress=False, log=logs.append)
+    assert len(history) == 2 and any("scores every augmented batch" in m for m in logs)
+    assert not any("soft targets for" in m for m in logs)  # nothing computed in advance
+    assert seen == [(16, 1, 32, 32)] * (2 * (len(tr) // 16))  # the teacher's size, every batch of both epochs
+
+
+def test_the_online_teacher_gives_the_networks_logits():
+    from emodetect.models.artifact import Artifact
+    from emodetect.models.registry import create_model
+    from emodetect.training.loop import OnlineTeacher
+
+    torch.manual_seed(0)
+    net = create_model("tiny", num_classes=8).eval()
+    pre = resolve_model_config("tiny").preprocess
+    x = torch.randn(6, 1, 32, 32)
+    artifact = Artifact(model=net, meta={"preprocess": pre.to_dict()}, path=None)
+    with torch.no_grad():
+        want = net(x)
+    got = OnlineTeacher(artifact)(x)
+    assert got.shape == want.shape and not got.requires_grad
+    assert torch.allclose(got, want, atol=0.05 * float(want.abs().max()))  # bfloat16 where the CPU has it

@@ -71,3 +71,20 @@ def test_corruptions_keep_shape_and_are_deterministic(name):
     assert not np.array_equal(corrupt(rgb, name), rgb)
     with pytest.raises(ValueError, match="unknown corruption"):
         corrupt(rgb, "fog")
+
+
+def test_reframe_turns_one_models_input_into_anothers():
+    from emodetect.data.transforms import reframe
+
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (4, 48, 48, 3), dtype=np.uint8)
+    teacher = Preprocess(size=48, mode="rgb", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    gray = Preprocess(size=48, mode="gray", mean=(0.5,), std=(0.5,))
+    x = to_model_input(faces, teacher)
+    assert torch.allclose(reframe(x, teacher, teacher), x)
+    assert torch.allclose(reframe(x, teacher, gray), to_model_input(faces, gray), atol=1e-5)  # mode + normalisation
+    small = Preprocess(size=24, mode="rgb", mean=(0.5,) * 3, std=(0.5,) * 3)
+    pixels = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255
+    want = (torch.nn.functional.interpolate(pixels, size=(24, 24), mode="bilinear", antialias=True) - 0.5) / 0.5
+    assert reframe(x, teacher, small).shape == (4, 3, 24, 24)
+    assert torch.allclose(reframe(x, teacher, small), want, atol=1e-5)

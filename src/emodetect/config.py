@@ -145,6 +145,10 @@ class TrainConfig:
     teacher: str | None = None  # distil from this model ("default", a model file or a run folder)
     distill_alpha: float = 0.7  # weight of the teacher's soft targets; 1 - alpha on the labels
     distill_temperature: float = 3.0  # softmax temperature of both sides in the soft-target term
+    # "clean": the teacher scores each clean train image once, before training; "augmented": it scores every
+    # augmented batch the student sees (the same view, at the teacher's own size): consistent targets, and an
+    # epoch costs one teacher forward pass more (bfloat16)
+    distill_views: str = "clean"
 
     def __post_init__(self):
         o = "train"
@@ -183,6 +187,7 @@ class TrainConfig:
             _fail(o, "teacher", 'a model ("default", a model file or a run folder) or null', self.teacher)
         _number(o, "distill_alpha", self.distill_alpha, 0, 1)
         _number(o, "distill_temperature", self.distill_temperature, 0, 100, lo_open=True)
+        _choice(o, "distill_views", self.distill_views, ("clean", "augmented"))
         if not isinstance(self.source_weights, dict):
             _fail(o, "source_weights", 'an object such as {"fer2013-train": 0.5}', self.source_weights)
         for name, factor in self.source_weights.items():

@@ -129,6 +129,18 @@ def normalize(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     return (x - mean) / std
 
 
+def reframe(x: torch.Tensor, src: Preprocess, dst: Preprocess) -> torch.Tensor:
+    """A normalised batch for one model -> the same pictures as another model's input: colour mode, size (the
+    eval preset's antialiased bilinear resize) and normalisation of `dst`. Distillation uses it to show the
+    student the very view the teacher scored."""
+    mean = torch.tensor(src.mean, dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(src.std, dtype=x.dtype).view(1, -1, 1, 1)
+    x = _match_channels(x * std + mean, dst.channels)
+    if x.shape[-1] != dst.size or x.shape[-2] != dst.size:
+        x = F.interpolate(x, size=(dst.size, dst.size), mode="bilinear", align_corners=False, antialias=True)
+    return normalize(x, dst).contiguous()
+
+
 def to_model_input(images: np.ndarray | torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """The eval preset: uint8 images (numpy (N,H,W[,3]) or tensor (N,C,H,W)) -> float (N, C, size, size)."""
     x = to_uint8_tensor(images) if isinstance(images, np.ndarray) else images

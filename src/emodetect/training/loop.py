@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from emodetect.config import Augment, TrainConfig
 from emodetect.data.dataset import Dataset
-from emodetect.data.transforms import Preprocess, augment_batch, to_uint8_tensor
+from emodetect.data.transforms import Preprocess, augment_batch, reframe, to_uint8_tensor
 from emodetect.errors import EmodetectError
 from emodetect.files import atomic_write, is_regular_file
 from emodetect.labels import CLASSES, label_to_index
@@ -100,8 +100,13 @@ def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, sched
                     pre: Preprocess, aug: Augment, generator: torch.Generator, weight=None,
                     sample_p: torch.Tensor | None = None, progress: bool = False, desc: str = "train",
                     channels_last: bool = False, class_mask: torch.Tensor | None = None,
-                    teacher_logits: torch.Tensor | None = None) -> dict:  # fmt: skip
-    """One pass over the training images (augmented on the fly); returns mean loss, accuracy and seconds."""
+                    teacher_logits: torch.Tensor | None = None, teacher: OnlineTeacher | None = None) -> dict:  # fmt: skip
+    """One pass over the training images (augmented on the fly); returns mean loss, accuracy and seconds.
+
+    Distillation: `teacher_logits` are soft targets fixed in advance (one row per training image); a `teacher`
+    instead scores each augmented (and mixed) batch at its own input size, and the student gets the same
+    pictures resized to its own.
+    """
     model.train()
     n = len(y)
     order = (torch.multinomial(sample_p, n, replacement=True, generator=generator) if sample_p is not None
@@ -113,25 +118,30 @@ def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, sched
     l2 = cfg.weight_decay if cfg.optimizer == "adam" else 0.0
     for b in bar:
         idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-        x = augment_batch(x_u8[idx], pre, aug, generator)
+        x = augment_batch(x_u8[idx], teacher.pre if teacher is not None else pre, aug, generator)
         target = y[idx]
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         lam, perm = 1.0, None
         if cfg.mixup > 0:
             lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator))).beta(
                 cfg.mixup, cfg.mixup))  # fmt: skip
             perm = torch.randperm(len(idx), generator=generator)
             x = lam * x + (1 - lam) * x[perm]
+        soft = soft_p = None  # (B, K) soft targets of the images and of their mixing partners
+        if teacher is not None:
+            soft = soft_p = teacher(x)  # the teacher saw the mixed picture itself: one target for both terms
+            x = reframe(x, teacher.pre, pre)
+        elif teacher_logits is not None:
+            soft = teacher_logits[idx]
+            soft_p = soft[perm] if perm is not None else None
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(cfg.bf16):
             logits = model(x)
         mask = class_mask[idx] if class_mask is not None else None  # (B, K)
-        soft = teacher_logits[idx] if teacher_logits is not None else None  # (B, K)
         loss = _batch_loss(logits, target, mask, soft, weight, cfg)
         if perm is not None:
             mask_p = mask[perm] if mask is not None else None
-            loss = lam * loss + (1 - lam) * _batch_loss(logits, target[perm], mask_p, None if soft is None else soft[perm],
-                                                        weight, cfg)  # fmt: skip
+            loss = lam * loss + (1 - lam) * _batch_loss(logits, target[perm], mask_p, soft_p, weight, cfg)
         if l2:  # Keras-style L2: added to the loss, on weights only
             loss = loss + l2 / 2 * sum((p.float() ** 2).sum() for p in model.parameters() if p.ndim > 1)
         optimizer.zero_grad(set_to_none=True)
@@ -145,6 +155,24 @@ def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, sched
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
     bar.close()
     return {"loss": total_loss / seen, "accuracy": correct / seen, "seconds": time.perf_counter() - t0}
+
+
+class OnlineTeacher:
+    """A trained network that scores normalised batches for distillation: fused (batch norm folded), in
+    bfloat16 where the CPU has native support (twice as fast here, and a soft target needs no more), no
+    gradients. `pre` is its own input format."""
+
+    def __init__(self, artifact):
+        from emodetect.models.fuse import fuse
+
+        self.pre = artifact.preprocess
+        self.model = fuse(artifact.model, self.pre.size, self.pre.channels).eval()
+        self.bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with _autocast(self.bf16):
+            return self.model(x.contiguous(memory_format=torch.channels_last)).float()
 
 
 def _batch_loss(logits, target, mask, soft, weight, cfg: TrainConfig) -> torch.Tensor:
@@ -257,7 +285,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     # a class is missing from a dataset if none of its train or val images has it
     masks = class_masks(np.concatenate([train.labels, val.labels]), np.concatenate([train.sources, val.sources]))
     mask_train, mask_val = (None, None) if masks is None else (masks[: len(train)], masks[len(train) :])
-    teacher_logits = _teacher_logits(cfg, train, log)
+    teacher_logits, teacher = _teacher(cfg, train, log)
     steps = len(y_train) // cfg.batch_size if len(y_train) >= cfg.batch_size else 1
     optimizer = _make_optimizer(model, cfg)
     scheduler = _make_scheduler(optimizer, cfg, steps)
@@ -276,7 +304,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
             break
         tr = train_one_epoch(model, x_train, y_train, optimizer, scheduler, cfg, pre, aug, generator, weight,
                              sample_p, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", channels_last=channels_last,
-                             class_mask=mask_train, teacher_logits=teacher_logits)  # fmt: skip
+                             class_mask=mask_train, teacher_logits=teacher_logits, teacher=teacher)  # fmt: skip
         t0 = time.perf_counter()
         va = evaluate_epoch(model, x_val, y_val, pre, weight=weight, bf16=cfg.bf16, tta_flip=cfg.tta_flip,
                             class_mask=mask_val, sources=val.sources)  # fmt: skip
@@ -309,18 +337,23 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     return FitResult(model, history, info)
 
 
-def _teacher_logits(cfg: TrainConfig, train: Dataset, log) -> torch.Tensor | None:
-    """The teacher's logits on the (unaugmented) train images, computed once: the soft targets of distillation."""
+def _teacher(cfg: TrainConfig, train: Dataset, log) -> tuple[torch.Tensor | None, OnlineTeacher | None]:
+    """Distillation's soft targets: (the teacher's logits on the clean train images, computed once, None) or
+    (None, the teacher itself, to score every augmented batch); (None, None) without a teacher."""
     if not cfg.teacher:
-        return None
+        return None, None
     from emodetect.models.artifact import resolve_artifact
     from emodetect.models.predict import Predictor
 
-    teacher = Predictor(resolve_artifact(cfg.teacher))
+    artifact = resolve_artifact(cfg.teacher)
+    if cfg.distill_views == "augmented":
+        log(f"distillation: {artifact.name} scores every augmented batch ({artifact.preprocess.size} px)")
+        return None, OnlineTeacher(artifact)
+    teacher = Predictor(artifact)
     t0 = time.perf_counter()
     logits = torch.from_numpy(teacher.logits(train.images)).float()
     log(f"distillation: {teacher.artifact.name} soft targets for {len(logits):,} images ({time.perf_counter() - t0:.0f} s)")
-    return logits
+    return logits, None
 
 
 def _resume(ckpt_path: Path | None, cfg: TrainConfig, model, optimizer, scheduler, generator):
