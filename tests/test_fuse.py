@@ -20,7 +20,8 @@ def _with_real_statistics(model):
 
 
 @pytest.mark.parametrize("name, size", [("tiny", 32), ("cnn_seed", 96), ("resnet", 96), ("mini_xception", 64),
-                                        ("efficientnet_lite0", 112), ("efficientnet_lite0", 96), ("fastnet", 64)])  # fmt: skip
+                                        ("efficientnet_lite0", 112), ("efficientnet_lite0", 96), ("fastnet", 64),
+                                        ("fastlite", 64)])  # fmt: skip
 def test_the_fused_network_equals_the_original(name, size):
     model = _with_real_statistics(create_model(name, pretrained=False))
     channels = get_spec(name).preprocess.channels

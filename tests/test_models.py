@@ -19,7 +19,7 @@ def test_registry_lists_every_model_and_rejects_unknown_names():
 
 
 @pytest.mark.parametrize("name", ["cnn_seed", "resnet", "tiny", "mini_xception", "efficientnet_lite0", "efficientnet_lite1",
-                                  "efficientnet_lite2", "fastnet"])
+                                  "efficientnet_lite2", "fastnet", "fastlite"])
 def test_networks_map_their_input_to_eight_logits(name):
     spec = get_spec(name)
     model = create_model(name, pretrained=False).eval()
@@ -92,3 +92,19 @@ def test_efficientnet_lite0_port_matches_reference_implementation():
     assert top.indices.tolist() == [714, 971, 782, 590, 451]
     np.testing.assert_allclose(top.values.numpy(), [7.4866, 6.56295, 6.15995, 6.10006, 6.08652], atol=1e-4)
     assert float(y.sum()) == pytest.approx(-122.4345, abs=1e-2)
+
+
+def test_fastlite_is_the_first_blocks_of_the_imagenet_lite0_with_a_head_of_its_own():
+    from emodetect.models.efficientnet_lite import EfficientNetLite, load_imagenet
+
+    full = load_imagenet(EfficientNetLite()).eval()
+    cut = create_model("fastlite", blocks=9).eval()
+    assert len(cut._blocks) == 9 and cut._blocks[-1]._project_conv.out_channels == 112  # stages 1-4 + one block
+    assert cut._conv_head.in_channels == 112 and cut._conv_head.out_channels == 512
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        trunk = lambda m: torch.nn.Sequential(*m._blocks[:9])(m.act(m._bn0(m._conv_stem(x))))  # noqa: E731
+        torch.testing.assert_close(trunk(cut), trunk(full), rtol=0, atol=0)  # ImageNet weights, block for block
+    assert len(create_model("fastlite", blocks=3)._blocks) == 3
+    with pytest.raises(EmodetectError, match="blocks must be 1-16"):
+        create_model("fastlite", blocks=17)

