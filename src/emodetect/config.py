@@ -146,8 +146,8 @@ class TrainConfig:
     distill_alpha: float = 0.7  # weight of the teacher's soft targets; 1 - alpha on the labels
     distill_temperature: float = 3.0  # softmax temperature of both sides in the soft-target term
     # "clean": the teacher scores each clean train image once, before training; "augmented": it scores every
-    # augmented batch the student sees (the same view, at the teacher's own size): consistent targets, and an
-    # epoch costs one teacher forward pass more (bfloat16)
+    # augmented batch the student sees (the same view, at the teacher's own size: sizes in `augment`, such as
+    # blur_sigma, are then in the teacher's pixels): consistent targets, one teacher forward pass more per batch
     distill_views: str = "clean"
 
     def __post_init__(self):
