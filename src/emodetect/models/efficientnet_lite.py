@@ -5,6 +5,7 @@ load as they are; TensorFlow 'SAME' padding reproduces the original outputs.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -143,7 +144,7 @@ for _variant, _stages, _dropout in ((0, LITE0_STAGES, 0.2), (1, LITE1_STAGES, 0.
 # stages 1-4 and the first block of stage 5, 112 channels at stride 16), a fresh 1x1 head, pooling, a linear layer.
 # Cut there for speed: with a 512-wide head, ONNX Runtime on 2 cores ran 4,000 faces/s for 8 blocks, 3,700 for 9,
 # 3,000 for 11 and 2,200 for all 16 at 64 px (random weights, batch 256).
-LITE_64 = Preprocess(size=64, mode="rgb", mean=IMAGENET_LITE.mean, std=IMAGENET_LITE.std)
+LITE_64 = dataclasses.replace(IMAGENET_LITE, size=64)
 
 
 def lite0_blocks(blocks: int):
