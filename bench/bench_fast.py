@@ -2,8 +2,9 @@
 
     python bench/bench_fast.py [--models default,fast] [--data affectnet=ZIP --data fer2013=ZIP]
 
-For each model: plain PyTorch, the fused PyTorch path, ONNX Runtime fp32 and (when `emodetect export --int8`
-would keep it) int8: batch-1 latency (median of 200 single faces), batch-256 throughput (faces/s, best of 5),
+For each model: plain PyTorch, the fused PyTorch path, ONNX Runtime fp32 and int8 (the graph that ships
+beside the model, `emodetect ship --int8`, which `load_model` runs; or, with --int8, one quantised here as
+`emodetect export --int8` does): batch-1 latency (median of 200 single faces), batch-256 throughput (faces/s, best of 5),
 file size, and accuracy on the stored test splits of each dataset. Faces arrive at the model's input size, so
 every backend gets the same pixels. Prints the CPU, the thread count and one markdown table.
 """
@@ -22,7 +23,7 @@ import torch
 from emodetect.config import DataConfig
 from emodetect.data.transforms import to_uint8_input
 from emodetect.models.artifact import resolve_artifact
-from emodetect.models.export import export_onnx, onnx_session, quantize_int8
+from emodetect.models.export import export_onnx, onnx_session, quantize_int8, shipped_int8
 from emodetect.models.fuse import MirrorAveraged, fuse
 from emodetect.models.predict import softmax
 from emodetect.runs import load_splits
@@ -85,7 +86,8 @@ def main() -> None:
     parser.add_argument("--models", default="default,fast")
     parser.add_argument("--data", action="append", default=None)
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--int8", action="store_true", help="also quantise (slow: calibration and a test pass)")
+    parser.add_argument("--int8", action="store_true", help="also quantise models that ship no int8 graph (slow: "
+                        "calibration and a test pass)")  # fmt: skip
     args = parser.parse_args()
     data = args.data or DATA
     print(f"CPU: {cpu_name()}; {os.cpu_count()} cores; torch {torch.__version__} with {torch.get_num_threads()} threads; "
@@ -101,7 +103,11 @@ def main() -> None:
                    "PyTorch fused": torch_runner(fuse(art.model, pre.size, pre.channels), pre, mirror),
                    "ONNX Runtime fp32": onnx_runner(onnx_bytes)}  # fmt: skip
         sizes = {"PyTorch": art.path.stat().st_size, "PyTorch fused": art.path.stat().st_size, "ONNX Runtime fp32": len(onnx_bytes)}
-        if args.int8:
+        shipped = shipped_int8(art)
+        if shipped is not None:
+            runners["ONNX Runtime int8 (shipped)"] = onnx_runner(shipped)
+            sizes["ONNX Runtime int8 (shipped)"] = len(shipped)
+        elif args.int8:
             _, tr, _, _ = load_splits(data, DataConfig(), pre.mode, args.cache_dir, progress=False)
             pick = np.random.default_rng(0).choice(len(tr), 512, replace=False)
             q = quantize_int8(onnx_bytes, to_uint8_input(tr.images[pick], pre))

@@ -38,9 +38,11 @@ def test_int8_copy_says_so_and_stays_close_to_fp32(tiny_file):
     faces = np.random.default_rng(2).integers(0, 256, (64, 32, 32, 1), dtype=np.uint8)
     q = quantize_int8(data, faces)
     assert read_onnx_metadata(q)["quantization"].startswith("int8") and "quantization" not in read_onnx_metadata(data)
-    (p8,) = onnx_session(q).run(["probabilities"], {"images": faces})
+    p8, logits8 = onnx_session(q).run(["probabilities", "logits"], {"images": faces})
     (p32,) = onnx_session(data).run(["probabilities"], {"images": faces})
     assert p8.shape == p32.shape and np.abs(p8 - p32).max() < 0.05
+    # the softmax stays float: the probabilities are the (dequantised) logits' own, not steps of 1/255
+    np.testing.assert_allclose(p8, torch.softmax(torch.from_numpy(logits8) / 1.3, 1).numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("backend", ["fused", "onnx"])

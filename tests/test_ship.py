@@ -25,7 +25,7 @@ def test_ship_writes_a_float16_model_and_a_card(tmp_path, tiny_dataset):
     assert isinstance(shipped, Predictor) and shipped.artifact.meta["dtype"] == "float16"
     assert str(Path(data).parent) not in json.dumps(shipped.artifact.meta)  # where the data was kept stays private
     assert Path(data).name in shipped.artifact.meta["source"]
-    assert card["fp16_agreement_with_fp32"] > 0.95
+    assert card["agreement_with_fp32"] > 0.95
     text = (tmp_path / "weights" / "MODEL_CARD.md").read_text()
     for part in ("## Test-split metrics", "| class | precision", "Accuracy differs by file format", "## Licences",
                  "emodetect train tiny ..."):  # fmt: skip
@@ -79,3 +79,65 @@ def test_evaluate_uses_the_shipped_model_by_default(real_zip, real_cache, capsys
     assert main(["evaluate", "--data", str(real_zip), "--json", "--cache-dir", str(real_cache)]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["split"] == "test" and m["n_images"] == 2184 and m["model"] == emodetect.load_model().artifact.name
+
+
+def test_ship_int8_keeps_a_graph_of_these_weights_that_load_model_runs(tmp_path, tiny_dataset, monkeypatch):
+    """`ship --int8` writes NAME.int8.onnx beside the weights when the accuracy check passes (the limit is forced
+    both ways here: a tiny test split moves in steps of several points), and removes a stale one otherwise."""
+    import functools
+
+    import emodetect.ship as ship_module
+    from emodetect.models.export import onnx_session, read_onnx_metadata, weights_sha256
+    from emodetect.runs import int8_check, train
+
+    data = tiny_dataset.info["source"]
+    cache = tiny_dataset.info["cache"].rsplit("/", 1)[0]
+    train("tiny", data, tmp_path / "run", params={"epochs": 2, "batch_size": 16, "warmup_epochs": 0, "tta_flip": False},
+          cache_dir=cache, progress=False, log=lambda m: None)  # fmt: skip
+    weights = tmp_path / "w"
+    monkeypatch.setattr(ship_module, "int8_check", functools.partial(int8_check, limit=1.0))
+    card = ship(tmp_path / "run", weights, cache_dir=cache, int8=True, log=lambda m: None)
+    graph = weights / "default.int8.onnx"
+    model = emodetect.load_model(weights / "default.safetensors")
+    assert model.backend == "int8" and card["backend"] == "int8" and card["int8"]["kept"]
+    meta = read_onnx_metadata(graph)
+    assert meta["weights_sha256"] == weights_sha256(model.artifact.model) and meta["quantization"].startswith("int8")
+    assert meta["card"] == model.artifact.meta["card"]  # the final card, not the one before it was measured
+    faces = np.random.default_rng(0).integers(0, 256, (32, 32, 32), dtype=np.uint8)
+    (p8,) = onnx_session(graph.read_bytes()).run(["probabilities"], {"images": faces[..., None]})
+    np.testing.assert_allclose(model.predict_proba(faces), p8, atol=1e-6)  # the Predictor runs that graph
+    assert np.abs(p8 - Predictor(model.artifact, backend="onnx").predict_proba(faces)).max() < 0.05
+    text = (weights / "MODEL_CARD.md").read_text()
+    assert "an int8 ONNX graph of them" in text and "through the int8 graph in ONNX Runtime" in text
+
+    monkeypatch.setattr(ship_module, "int8_check", functools.partial(int8_check, limit=-1.0))  # never kept
+    card = ship(tmp_path / "run", weights, cache_dir=cache, int8=True, log=lambda m: None)
+    assert not card["int8"]["kept"] and not graph.exists() and card["backend"] == "onnx"
+    assert "int8" not in (weights / "MODEL_CARD.md").read_text()
+
+
+def test_an_int8_graph_of_other_weights_is_never_used(tmp_path):
+    import shutil
+
+    import torch
+
+    from emodetect.models import create_model, get_spec
+    from emodetect.models.artifact import load_artifact, save_network
+    from emodetect.models.export import export_onnx, int8_path, quantize_int8, weights_sha256, with_onnx_metadata
+
+    files = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        files.append(save_network(tmp_path / f"m{seed}.safetensors", create_model("tiny", width=8).eval(), "tiny",
+                                  get_spec("tiny").preprocess, {"tta_flip": False}, {"width": 8}))  # fmt: skip
+    other = load_artifact(files[1])
+    faces = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 1), dtype=np.uint8)
+    graph = with_onnx_metadata(quantize_int8(export_onnx(other), faces), {"weights_sha256": weights_sha256(other.model)})
+    int8_path(files[1]).write_bytes(graph)
+    assert Predictor(load_artifact(files[1])).backend == "int8"
+    shutil.copy(int8_path(files[1]), int8_path(files[0]))  # beside the first model: made from other weights
+    first = load_artifact(files[0])
+    assert Predictor(first).backend == "onnx"
+    with pytest.raises(ValueError, match="no int8 graph"):
+        Predictor(first, backend="int8")
+    assert Predictor(load_artifact(files[1]), tta_flip=True).backend == "fused"  # the graph has no mirror average

@@ -288,7 +288,7 @@ def cmd_ship(args) -> int:
 
     _folder_arg(args.dest, "--dest")
     ship(args.run_dir, args.dest or WEIGHTS_DIR, name=args.name, data=args.data, cache_dir=args.cache_dir,
-         command=args.command_note or "")
+         command=args.command_note or "", int8=args.int8)
     return 0
 
 
@@ -407,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", choices=("default", "fast"), default="default", help="which shipped model to replace")
     p.add_argument("--data", type=Path, default=None, help="dataset (default: the one the run was trained on)")
     p.add_argument("--command-note", default=None, metavar="TEXT", help="the training command, quoted in the model card")
+    p.add_argument("--int8", action="store_true", help="also an int8 ONNX graph beside the weights, which load_model "
+                   "then runs (with onnxruntime); kept only if it loses <= 0.5 points of test accuracy")  # fmt: skip
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=cmd_ship)
     return parser

@@ -280,22 +280,29 @@ def environment() -> dict:
 def quantize_and_check(artifact, onnx_bytes: bytes, out, data, cache_dir=None, limit: float = 0.005) -> dict:
     """An int8 copy of an exported network, calibrated on 512 train images of `data`; kept at `out` only when its
     test accuracy is at most `limit` below the fp32 graph's (both measured here, through ONNX Runtime)."""
-    from emodetect.data.transforms import to_uint8_input
-    from emodetect.models.export import onnx_session, quantize_int8
-
     data_cfg = DataConfig(**artifact.meta.get("data", {}))
     _, tr, _, te = load_splits(data, data_cfg, artifact.preprocess.mode, cache_dir, progress=False)
-    pick = np.random.default_rng(0).choice(len(tr), min(512, len(tr)), replace=False)
-    quantized = quantize_int8(onnx_bytes, to_uint8_input(tr.images[pick], artifact.preprocess))
-    x = to_uint8_input(te.images, artifact.preprocess)
+    return int8_check(artifact, onnx_bytes, out, tr, te, limit)
+
+
+def int8_check(artifact, onnx_bytes: bytes, out, train: Dataset, test: Dataset, limit: float = 0.005) -> dict:
+    """`quantize_and_check` on given splits. The int8 graph records the SHA-256 of the weights it was made from,
+    so that a Predictor uses it only for those weights."""
+    from emodetect.data.transforms import to_uint8_input
+    from emodetect.models.export import onnx_session, quantize_int8, weights_sha256, with_onnx_metadata
+
+    pick = np.random.default_rng(0).choice(len(train), min(512, len(train)), replace=False)
+    quantized = quantize_int8(onnx_bytes, to_uint8_input(train.images[pick], artifact.preprocess))
+    quantized = with_onnx_metadata(quantized, {"weights_sha256": weights_sha256(artifact.model)})
+    x = to_uint8_input(test.images, artifact.preprocess)
 
     def accuracy(session) -> float:
         proba = np.concatenate([session.run(["probabilities"], {"images": x[s : s + 256]})[0] for s in range(0, len(x), 256)])
-        return float((proba.argmax(1) == te.labels).mean())
+        return float((proba.argmax(1) == test.labels).mean())
 
     fp32, int8 = accuracy(onnx_session(onnx_bytes)), accuracy(onnx_session(quantized))
     kept = fp32 - int8 <= limit
     if kept:  # nothing is written (or overwritten) otherwise
         atomic_write(out, quantized)
     return {"fp32_accuracy": fp32, "int8_accuracy": int8, "change": int8 - fp32, "kept": kept, "bytes": len(quantized),
-            "n_images": len(te)}  # fmt: skip
+            "n_images": len(test), "limit": limit}  # fmt: skip

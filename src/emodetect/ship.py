@@ -1,7 +1,9 @@
 """`emodetect ship RUN_DIR`: turn a finished network run into a model that ships with the package.
 
 Writes `weights/<name>.safetensors` (float16 weights, the run's description and temperature) and its model
-card. Every number in the card is measured on the shipped float16 file itself, on the stored test split of
+card; with `int8`, also `weights/<name>.int8.onnx`, a statically quantised graph of those weights that
+`Predictor` prefers when onnxruntime is installed, kept only when it loses at most 0.5 points of test
+accuracy. Every number in the card is measured on the shipped files themselves, as `load_model` runs them, on the stored test split of
 the data the run was trained on, and every sentence is derived from the file's metadata, the registry and
 the machine the run recorded, never written for one particular model.
 """
@@ -22,9 +24,10 @@ from emodetect.evaluation.metrics import most_confused_pairs
 from emodetect.files import atomic_write
 from emodetect.labels import CLASSES
 from emodetect.models.artifact import SHIPPED_MODELS, load_artifact, save_network
+from emodetect.models.export import export_onnx, int8_path, onnx_metadata, with_onnx_metadata
 from emodetect.models.predict import Predictor
 from emodetect.models.registry import get_spec
-from emodetect.runs import load_run
+from emodetect.runs import int8_check, load_run
 
 MAX_BYTES = {"default": 25_000_000, "fast": 5_000_000}
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -36,8 +39,9 @@ def card_file(name: str) -> str:
 
 
 def ship(run_dir, dest_dir=WEIGHTS_DIR, *, name: str = "default", data=None, cache_dir=None, command: str = "",
-         log=print) -> dict:  # fmt: skip
-    """Write the run's network as `dest_dir/<name>.safetensors` (float16) with its model card; returns the card."""
+         int8: bool = False, log=print) -> dict:  # fmt: skip
+    """Write the run's network as `dest_dir/<name>.safetensors` (float16) with its model card (and, with `int8`,
+    its int8 graph when that keeps the accuracy); returns the card."""
     if name not in SHIPPED_MODELS:
         raise EmodetectError(f"unknown shipped model name {name!r}; choose from {', '.join(SHIPPED_MODELS)}")
     run = load_run(run_dir)
@@ -50,7 +54,7 @@ def ship(run_dir, dest_dir=WEIGHTS_DIR, *, name: str = "default", data=None, cac
     dest = Path(dest_dir)
     if dest.exists() and not dest.is_dir():
         raise EmodetectError(f"--dest {dest} is a file; give a folder")
-    test = run.load_splits(data, cache_dir)[3]  # everything is checked before anything is written
+    _, train, _, test = run.load_splits(data, cache_dir)  # everything is checked before anything is written
     meta = without_machine_paths({k: v for k, v in src.meta.items() if k not in _NOT_COPIED})
     with tempfile.TemporaryDirectory() as tmp:  # the shipped files change only when all of them are ready
         staged = save_network(Path(tmp) / SHIPPED_MODELS[name], src.model, src.name, src.preprocess, meta,
@@ -60,13 +64,23 @@ def ship(run_dir, dest_dir=WEIGHTS_DIR, *, name: str = "default", data=None, cac
             raise EmodetectError(f"{run_dir}: {size / 1e6:.1f} MB in float16, over the {MAX_BYTES[name] / 1e6:.0f} MB "
                                  f"limit for the {name} model")  # fmt: skip
         shipped = load_artifact(staged)
-        card = card_numbers(shipped, run.record, test, Predictor(src).predict(test.images), size, command, name)
+        quant = None
+        if int8:  # written beside the staged file, where Predictor(shipped) finds it when it is kept
+            quant = int8_check(shipped, export_onnx(shipped), int8_path(staged), train, test)
+            log(f"int8 graph: test accuracy {quant['int8_accuracy']:.4f} against {quant['fp32_accuracy']:.4f} (float16 "
+                f"weights in ONNX Runtime): " + ("kept" if quant["kept"] else "not kept, it loses more than 0.5 points"))
+        card = card_numbers(shipped, run.record, test, Predictor(src).predict(test.images), size, command, name, quant)
         meta["card"] = card_summary(card)  # the key numbers travel with the weights (and into ONNX exports)
         staged = save_network(staged, src.model, src.name, src.preprocess, meta, model_kwargs=src.meta.get("model_kwargs"),
                               half=True)  # fmt: skip
         dest.mkdir(parents=True, exist_ok=True)
         atomic_write(dest / card_file(name), model_card(card))
         path = atomic_write(dest / SHIPPED_MODELS[name], staged.read_bytes())
+        if quant and quant["kept"]:  # same weights, so the graph's weights digest holds; its card is the final one
+            card_meta = {"card": onnx_metadata(load_artifact(staged))["card"]}
+            atomic_write(int8_path(path), with_onnx_metadata(int8_path(staged).read_bytes(), card_meta))
+        elif int8_path(path).exists():  # a graph of earlier weights: Predictor would ignore it; it does not stay
+            int8_path(path).unlink()
     m = card["test"]
     log(f"shipped {shipped.name} as {name!r} ({size / 1e6:.2f} MB float16): test accuracy {m['accuracy']:.4f}, "
         f"macro-F1 {m['macro_f1']:.4f}; {path}")  # fmt: skip
@@ -103,9 +117,12 @@ def card_summary(card: dict) -> dict:
     return out
 
 
-def card_numbers(shipped, record: dict, test, fp32_pred: np.ndarray, size: int, command: str, name: str) -> dict:
-    """Everything the card states, measured on the shipped file or read from its metadata and run record."""
-    logits = Predictor(shipped).logits(test.images)  # one pass: raw and calibrated probabilities from it
+def card_numbers(shipped, record: dict, test, fp32_pred: np.ndarray, size: int, command: str, name: str,
+                 int8: dict | None = None) -> dict:  # fmt: skip
+    """Everything the card states, measured on the shipped file (as `load_model` runs it: through its int8 graph
+    when one is kept) or read from its metadata and run record."""
+    predictor = Predictor(shipped)
+    logits = predictor.logits(test.images)  # one pass: raw and calibrated probabilities from it
     proba = softmax(logits / shipped.temperature, axis=1)
     metrics = split_metrics(test, proba)
     spec = get_spec(shipped.name)
@@ -115,8 +132,9 @@ def card_numbers(shipped, record: dict, test, fp32_pred: np.ndarray, size: int, 
         "name": name, "model": shipped.name, "bytes": size, "description": spec.description,
         "pretrained": spec.pretrained, "pretrained_licence": spec.licence, "preprocess": meta["preprocess"],
         "tta_flip": bool(meta.get("tta_flip")), "temperature": shipped.temperature, "test": metrics,
+        "backend": predictor.backend, "int8": int8,
         "val_fp32": record["val"], "test_fp32": record["test"],
-        "fp16_agreement_with_fp32": float((fp32_pred == proba.argmax(1)).mean()),
+        "agreement_with_fp32": float((fp32_pred == proba.argmax(1)).mean()),
         "ece_test_before": reliability(softmax(logits, axis=1), test.labels)["ece"],
         "ece_test_after": reliability(proba, test.labels)["ece"],
         "confused": most_confused_pairs(np.array(metrics["confusion_matrix"]), metrics["classes"], k=4),
@@ -134,7 +152,9 @@ def model_card(c: dict) -> str:
     title = "default model" if c["name"] == "default" else f"`{c['name']}` model"
     loader = "emodetect.load_model()" if c["name"] == "default" else f'emodetect.load_model("{c["name"]}")'
     head = [f"# Model card: emodetect {title}", "",
-            f"**{c['model']}**: {c['description']}. Float16 weights, {c['bytes'] / 1e6:.2f} MB, loaded by `{loader}`.", ""]  # fmt: skip
+            f"**{c['model']}**: {c['description']}. Float16 weights, {c['bytes'] / 1e6:.2f} MB, loaded by `{loader}`"
+            + (f", and an int8 ONNX graph of them ({c['int8']['bytes'] / 1e6:.2f} MB) that it runs when onnxruntime is "
+               "installed" if c["backend"] == "int8" else "") + ".", ""]  # fmt: skip
     sections = (_io_section, _training_section, _metrics_section, _robustness_section, _limits_section, _licence_section)
     return "\n".join(head + [line for section in sections for line in section(c)])
 
@@ -187,11 +207,15 @@ def _training_section(c: dict) -> list[str]:
 
 def _metrics_section(c: dict) -> list[str]:
     m = c["test"]
-    lines = ["## Test-split metrics (the shipped float16 file)", "",
+    q = c.get("int8") if c.get("backend") == "int8" else None
+    how = (f"the int8 graph in ONNX Runtime (the float16 weights there score {q['fp32_accuracy']:.4f}: a change of "
+           f"{100 * q['change']:+.1f} points, within the {100 * q['limit']:.1f}-point limit for keeping it)" if q else
+           "the float16 weights")  # fmt: skip
+    lines = ["## Test-split metrics (the shipped file, as `load_model` runs it)", "",
              f"Accuracy **{m['accuracy']:.4f}**, balanced accuracy {m['balanced_accuracy']:.4f}, macro-F1 "
-             f"**{m['macro_f1']:.4f}** on {m['n_images']:,} test images. The float32 run scored accuracy "
-             f"{c['test_fp32']['accuracy']:.4f}; the float16 copy agrees with it on "
-             f"{100 * c['fp16_agreement_with_fp32']:.2f}% of the test predictions. The model was chosen on "
+             f"**{m['macro_f1']:.4f}** on {m['n_images']:,} test images, through {how}. The float32 run scored "
+             f"accuracy {c['test_fp32']['accuracy']:.4f}; the shipped model agrees with it on "
+             f"{100 * c['agreement_with_fp32']:.2f}% of the test predictions. The model was chosen on "
              f"validation (val accuracy {c['val_fp32']['accuracy']:.4f}); the test split was scored once.", ""]  # fmt: skip
     if len(m.get("by_source", {})) > 1:
         lines += ["| dataset | images | accuracy | balanced acc. | macro-F1 |", "|---|---|---|---|---|"]

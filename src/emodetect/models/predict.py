@@ -54,7 +54,7 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-BACKENDS = ("auto", "torch", "fused", "onnx")
+BACKENDS = ("auto", "torch", "fused", "onnx", "int8")
 
 
 def onnxruntime_available() -> bool:
@@ -72,8 +72,11 @@ class Predictor:
 
     backend (networks): "torch" (the network as it is), "fused" (batch norm folded into convolutions,
     static padding, the mirror average as one batch of 2N: the same outputs within 1e-5, faster), "onnx"
-    (the exported graph in ONNX Runtime; the same within 1e-4) or "auto": "onnx" when onnxruntime is
-    installed (the fastest here; bench/bench_fast.py), else "fused". The caller's model is never changed.
+    (the exported graph in ONNX Runtime; the same within 1e-4), "int8" (the statically quantised graph that
+    ships beside the model file, `emodetect ship --int8`, made from these very weights and kept only when it
+    lost at most 0.5 points of test accuracy; close to, not equal to, the float outputs) or "auto": with
+    onnxruntime installed "int8" where such a graph ships, else "onnx" (the fastest here;
+    bench/bench_fast.py); without it "fused". The caller's model is never changed.
     """
 
     def __init__(self, artifact, *, batch_size: int = 256, tta_flip: bool | None = None, backend: str = "auto",
@@ -86,8 +89,16 @@ class Predictor:
         self.tta_flip = artifact.meta.get("tta_flip", False) if tta_flip is None else tta_flip
         self.model = artifact.model
         self.session = None
+        own_mirror = self.tta_flip == bool(artifact.meta.get("tta_flip"))  # the graphs hold the model's own setting
+        int8 = None
+        if artifact.kind == "torch" and backend in ("auto", "int8") and onnxruntime_available():
+            from emodetect.models.export import shipped_int8
+
+            int8 = shipped_int8(artifact)
+        if backend == "int8" and int8 is None:
+            raise ValueError("no int8 graph made from this model's weights ships beside its file (emodetect ship --int8)")
         self.backend = "sklearn" if artifact.kind != "torch" else (
-            ("onnx" if onnxruntime_available() and self.tta_flip == bool(artifact.meta.get("tta_flip")) else "fused")
+            ("int8" if int8 is not None and own_mirror else "onnx" if onnxruntime_available() and own_mirror else "fused")
             if backend == "auto" else backend)  # fmt: skip
         if self.backend == "torch":  # NHWC runs convolutions (depthwise above all) much faster on CPU; a copy,
             self.model = copy.deepcopy(artifact.model).eval().to(memory_format=torch.channels_last)  # not theirs
@@ -96,12 +107,12 @@ class Predictor:
 
             fused = fuse(artifact.model, self.pre.size, self.pre.channels)
             self.model = MirrorAveraged(fused) if self.tta_flip else fused
-        elif self.backend == "onnx":
-            if self.tta_flip != bool(artifact.meta.get("tta_flip")):
-                raise ValueError("the ONNX backend uses the model's own mirror-average setting")
+        elif self.backend in ("onnx", "int8"):
+            if not own_mirror:
+                raise ValueError(f"the {self.backend} backend uses the model's own mirror-average setting")
             from emodetect.models.export import cached_onnx, onnx_session
 
-            self.session = onnx_session(cached_onnx(artifact), threads)
+            self.session = onnx_session(int8 if self.backend == "int8" else cached_onnx(artifact), threads)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -116,7 +127,7 @@ class Predictor:
         images = as_image_batch(images)
         if len(images) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
-        if self.backend == "onnx":
+        if self.backend in ("onnx", "int8"):
             return np.concatenate([self.session.run(["logits"], {"images": to_uint8_input(images[s : s + self.batch_size],
                                                                                           self.pre)})[0]
                                    for s in range(0, len(images), self.batch_size)])  # fmt: skip
