@@ -66,21 +66,24 @@ def ship(run_dir, dest_dir=WEIGHTS_DIR, *, name: str = "default", data=None, cac
         shipped = load_artifact(staged)
         quant = None
         if int8:  # written beside the staged file, where Predictor(shipped) finds it when it is kept
-            quant = int8_check(shipped, export_onnx(shipped), int8_path(staged), train, test)
+            quant = int8_check(shipped, export_onnx(shipped), int8_path(staged), train, test, stamp=True)
             log(f"int8 graph: test accuracy {quant['int8_accuracy']:.4f} against {quant['fp32_accuracy']:.4f} (float16 "
                 f"weights in ONNX Runtime): " + ("kept" if quant["kept"] else "not kept, it loses more than 0.5 points"))
-        card = card_numbers(shipped, run.record, test, Predictor(src).predict(test.images), size, command, name, quant)
+        fp32_pred = Predictor(src, backend="onnx").predict(test.images)  # the run's float32 weights, never int8
+        card = card_numbers(shipped, run.record, test, fp32_pred, size, command, name, quant)
         meta["card"] = card_summary(card)  # the key numbers travel with the weights (and into ONNX exports)
         staged = save_network(staged, src.model, src.name, src.preprocess, meta, model_kwargs=src.meta.get("model_kwargs"),
                               half=True)  # fmt: skip
         dest.mkdir(parents=True, exist_ok=True)
+        target = dest / SHIPPED_MODELS[name]
+        if quant and quant["kept"]:  # first: beside the earlier weights its digest keeps it unused; the card in it is
+            update = {"card": onnx_metadata(load_artifact(staged))["card"],  # the final one, measured on this graph
+                      "quantization": "int8 static (QDQ), per channel; the card's accuracy figures are this graph's"}
+            atomic_write(int8_path(target), with_onnx_metadata(int8_path(staged).read_bytes(), update))
+        elif int8_path(target).exists():  # a graph of earlier weights: Predictor would ignore it; it does not stay
+            int8_path(target).unlink()
         atomic_write(dest / card_file(name), model_card(card))
-        path = atomic_write(dest / SHIPPED_MODELS[name], staged.read_bytes())
-        if quant and quant["kept"]:  # same weights, so the graph's weights digest holds; its card is the final one
-            card_meta = {"card": onnx_metadata(load_artifact(staged))["card"]}
-            atomic_write(int8_path(path), with_onnx_metadata(int8_path(staged).read_bytes(), card_meta))
-        elif int8_path(path).exists():  # a graph of earlier weights: Predictor would ignore it; it does not stay
-            int8_path(path).unlink()
+        path = atomic_write(target, staged.read_bytes())
     m = card["test"]
     log(f"shipped {shipped.name} as {name!r} ({size / 1e6:.2f} MB float16): test accuracy {m['accuracy']:.4f}, "
         f"macro-F1 {m['macro_f1']:.4f}; {path}")  # fmt: skip

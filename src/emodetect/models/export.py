@@ -149,9 +149,10 @@ def with_onnx_metadata(onnx_bytes: bytes, update: dict) -> bytes:
     import onnx
 
     model = onnx.load_from_string(onnx_bytes)
-    for prop in model.metadata_props:
-        if prop.key == "emodetect":
-            prop.value = json.dumps({**json.loads(prop.value), **update})
+    props = [p for p in model.metadata_props if p.key == "emodetect"]
+    if not props:  # a tool on the way dropped it: never lose the update silently
+        raise EmodetectError("the ONNX graph has no emodetect metadata to update")
+    props[0].value = json.dumps({**json.loads(props[0].value), **update})
     return model.SerializeToString()
 
 

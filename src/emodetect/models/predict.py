@@ -91,12 +91,14 @@ class Predictor:
         self.session = None
         own_mirror = self.tta_flip == bool(artifact.meta.get("tta_flip"))  # the graphs hold the model's own setting
         int8 = None
-        if artifact.kind == "torch" and backend in ("auto", "int8") and onnxruntime_available():
+        if artifact.kind == "torch" and backend in ("auto", "int8") and own_mirror and onnxruntime_available():
             from emodetect.models.export import shipped_int8
 
             int8 = shipped_int8(artifact)
-        if backend == "int8" and int8 is None:
-            raise ValueError("no int8 graph made from this model's weights ships beside its file (emodetect ship --int8)")
+        if backend == "int8" and artifact.kind == "torch" and int8 is None:
+            raise ValueError("the int8 backend needs onnxruntime" if not onnxruntime_available() else
+                             "the int8 backend uses the model's own mirror-average setting" if not own_mirror else
+                             "no int8 graph made from this model's weights ships beside its file (emodetect ship --int8)")
         self.backend = "sklearn" if artifact.kind != "torch" else (
             ("int8" if int8 is not None and own_mirror else "onnx" if onnxruntime_available() and own_mirror else "fused")
             if backend == "auto" else backend)  # fmt: skip

@@ -349,7 +349,7 @@ def _teacher(cfg: TrainConfig, train: Dataset, log) -> tuple[torch.Tensor | None
     if cfg.distill_views == "augmented":
         log(f"distillation: {artifact.name} scores every augmented batch ({artifact.preprocess.size} px)")
         return None, OnlineTeacher(artifact)
-    teacher = Predictor(artifact)
+    teacher = Predictor(artifact, backend="onnx")  # float weights, never a shipped int8 graph: soft targets stay exact
     t0 = time.perf_counter()
     logits = torch.from_numpy(teacher.logits(train.images)).float()
     log(f"distillation: {teacher.artifact.name} soft targets for {len(logits):,} images ({time.perf_counter() - t0:.0f} s)")
