@@ -157,7 +157,7 @@ def test_health_and_model(client):
     pre = resolve_artifact("default").meta["preprocess"]
     assert (model["input_size"], model["color_mode"]) == (pre["size"], pre["mode"])
     assert 0 < model["test_accuracy"] < 1 and 0 < model["test_macro_f1"] < 1
-    assert model["temperature"] > 0 and model["detector"] == "mtcnn"
+    assert model["temperature"] > 0 and model["detector"] == "mtcnn" and model["backend"] == "onnx"
     text = json.dumps(model)
     assert "/" not in text and "version" not in text and "fingerprint" not in text
 

@@ -94,6 +94,7 @@ class ModelOut(BaseModel):
     color_mode: str
     temperature: float
     tta_flip: bool
+    backend: str = Field(description="how the network runs: 'int8' (its shipped int8 graph), 'onnx', 'fused' or 'torch'")
     label_source: str | None
     detector: str
     test_accuracy: float | None
@@ -274,7 +275,7 @@ def describe_model(analyzer: Analyzer, model, detector: str) -> dict:
     return {"name": name, "architecture": meta["model"], "classes": list(meta["classes"]),
             "input_size": int(meta["preprocess"]["size"]), "color_mode": meta["preprocess"]["mode"],
             "temperature": float(meta.get("temperature", 1.0)), "tta_flip": bool(meta.get("tta_flip", False)),
-            "label_source": meta.get("label_source"), "detector": detector, "test_accuracy": accuracy,
+            "backend": analyzer.predictor.backend, "label_source": meta.get("label_source"), "detector": detector, "test_accuracy": accuracy,
             "test_macro_f1": macro_f1}  # fmt: skip
 
 
