@@ -100,7 +100,7 @@ class Predictor:
                              "the int8 backend uses the model's own mirror-average setting" if not own_mirror else
                              "no int8 graph made from this model's weights ships beside its file (emodetect ship --int8)")
         self.backend = "sklearn" if artifact.kind != "torch" else (
-            ("int8" if int8 is not None and own_mirror else "onnx" if onnxruntime_available() and own_mirror else "fused")
+            ("int8" if int8 is not None else "onnx" if onnxruntime_available() and own_mirror else "fused")
             if backend == "auto" else backend)  # fmt: skip
         if self.backend == "torch":  # NHWC runs convolutions (depthwise above all) much faster on CPU; a copy,
             self.model = copy.deepcopy(artifact.model).eval().to(memory_format=torch.channels_last)  # not theirs
