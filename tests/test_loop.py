@@ -64,6 +64,20 @@ def test_interrupted_run_resumes_bit_for_bit(tiny_dataset, tmp_path):
         torch.testing.assert_close(v, resumed.state_dict()[k], rtol=0, atol=0)
 
 
+def test_a_run_stopped_early_resumes_with_more_patience_as_if_it_had_never_stopped(tiny_dataset, tmp_path):
+    tr, va = _splits(tiny_dataset)
+    quiet = dict(progress=False, log=lambda m: None)
+    cfg = replace(TINY, epochs=8, lr=0.05, patience=1)
+    _, stopped, info = fit(cfg, tr, va, tmp_path / "run", **quiet)
+    assert info["stopped_early"] and len(stopped) < 8
+    whole, whole_hist, whole_info = fit(replace(cfg, patience=8), tr, va, **quiet)
+    resumed, hist, resumed_info = fit(replace(cfg, patience=8), tr, va, tmp_path / "run", resume=True, **quiet)
+    assert [h["train_loss"] for h in hist] == [h["train_loss"] for h in whole_hist] and len(hist) == 8
+    assert resumed_info["best_epoch"] == whole_info["best_epoch"]
+    for k, v in whole.state_dict().items():
+        torch.testing.assert_close(v, resumed.state_dict()[k], rtol=0, atol=0)
+
+
 def test_resume_refuses_a_different_config_or_a_missing_checkpoint(tiny_dataset, tmp_path):
     tr, va = _splits(tiny_dataset)
     fit(replace(TINY, epochs=1), tr, va, tmp_path, progress=False, log=lambda m: None)
@@ -76,6 +90,64 @@ def test_resume_refuses_a_different_config_or_a_missing_checkpoint(tiny_dataset,
 def test_class_weights_come_from_the_labels_given():
     w = class_weights(np.array([0, 0, 0, 1]), n_classes=3)
     np.testing.assert_allclose(w.numpy(), [4 / (2 * 3), 4 / (2 * 1), 0.0])
+
+
+def test_the_prior_offsets_undo_the_class_weights_and_the_sampling_factors():
+    from emodetect.training.loop import prior_offsets
+
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    w = class_weights(labels, n_classes=4)  # balanced: every present class carries the same share of the loss
+    pi = np.array([3, 1, 2]) / 6
+    want = np.log(pi) - np.log(pi).mean()  # the tilt is uniform / pi, so the offsets are log pi, centred
+    np.testing.assert_allclose(prior_offsets(labels, w, None, 4), [*want, 0.0], atol=1e-6)  # float32 weights
+    np.testing.assert_allclose(prior_offsets(labels, None, None, 4), 0.0, atol=1e-12)  # no weights: nothing to undo
+    p = np.array([1, 1, 1, 2, 1, 1], float)  # class 1 drawn twice as often
+    got = prior_offsets(labels, None, torch.tensor(p / p.sum()), 4)
+    np.testing.assert_allclose(got[:3] - got[0], [0, -np.log(2), 0], atol=1e-12)
+
+
+def test_prior_correction_moves_the_fitted_logits_by_its_recorded_offsets(tiny_dataset, tmp_path):
+    from emodetect.models.predict import predict_logits
+    from emodetect.training.loop import prior_offsets
+
+    tr, va = _splits(tiny_dataset)
+    tr = tr.subset(~((tr.labels == 0) & (np.arange(len(tr)) % 2 == 0)) & ~((tr.labels == 4) & (np.arange(len(tr)) % 3 > 0)))
+    assert len(set(np.bincount(tr.labels).tolist())) > 1  # unbalanced: the class weights tilt the fit
+    quiet = dict(progress=False, log=lambda m: None)
+    plain, _, plain_info = fit(replace(TINY, epochs=1), tr, va, tmp_path / "plain", **quiet)
+    corrected, _, info = fit(replace(TINY, epochs=1, prior_correction=True), tr, va, **quiet)
+    offsets = np.array(info["prior_correction"])
+    assert "prior_correction" not in plain_info and np.abs(offsets).max() > 0.1  # the tiny set is unbalanced
+    np.testing.assert_allclose(offsets, prior_offsets(tr.labels, class_weights(tr.labels), None), atol=1e-6)
+    pre = resolve_model_config("tiny").preprocess
+    diff = predict_logits(corrected, va.images, pre) - predict_logits(plain, va.images, pre)
+    np.testing.assert_allclose(diff, np.broadcast_to(offsets, diff.shape), atol=1e-4)
+    # a finished run resumes to take the correction (an after-training option); other changes are still refused
+    resumed, _, info2 = fit(replace(TINY, epochs=1, prior_correction=True), tr, va, tmp_path / "plain", resume=True, **quiet)
+    np.testing.assert_allclose(predict_logits(resumed, va.images, pre), predict_logits(corrected, va.images, pre), atol=1e-5)
+    assert info2["prior_correction"] == info["prior_correction"]
+    with pytest.raises(EmodetectError, match="different config"):
+        fit(replace(TINY, epochs=1, lr=0.1, prior_correction=True), tr, va, tmp_path / "plain", resume=True, **quiet)
+
+
+def test_distillation_takes_a_corrected_teachers_fitted_scores(tiny_dataset, tmp_path):
+    from emodetect.models.artifact import load_artifact, save_network
+    from emodetect.models.predict import Predictor
+    from emodetect.training import loop
+
+    tr, va = _splits(tiny_dataset)
+    teacher_model, _, _ = fit(replace(TINY, epochs=1), tr, va, progress=False, log=lambda m: None)
+    offsets = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0, 0.0, 0.25]
+    path = save_network(tmp_path / "teacher.safetensors", teacher_model, "tiny", resolve_model_config("tiny").preprocess,
+                        {"tta_flip": False, "fit": {"prior_correction": offsets}}, {"width": 8})  # fmt: skip
+    soft, _ = loop._teacher(replace(TINY, teacher=str(path)), tr, lambda m: None)
+    served = Predictor(load_artifact(path), backend="onnx").logits(tr.images)
+    np.testing.assert_allclose(soft.numpy(), served - np.array(offsets, np.float32), atol=1e-4)
+    online = loop.OnlineTeacher(load_artifact(path))
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        raw = online.model(x)
+    torch.testing.assert_close(online(x), raw.float() - torch.tensor(offsets), atol=0.05 * float(raw.abs().max()), rtol=0)
 
 
 def test_fit_uses_train_labels_only_for_class_weights(tiny_dataset, monkeypatch):

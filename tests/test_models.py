@@ -4,7 +4,7 @@ import torch
 
 from emodetect.errors import EmodetectError
 from emodetect.models import create_model, get_spec, list_models
-from emodetect.models.layers import tf_same_pad
+from emodetect.models.layers import output_bias, tf_same_pad
 
 
 def test_registry_lists_every_model_and_rejects_unknown_names():
@@ -27,6 +27,31 @@ def test_networks_map_their_input_to_eight_logits(name):
     with torch.no_grad():
         assert model(x).shape == (2, 8)
         assert model.forward_features(x).shape[0] == 2
+
+
+@pytest.mark.parametrize("name", ["cnn_seed", "resnet", "tiny", "mini_xception", "efficientnet_lite0", "fastnet", "fastlite"])
+def test_a_vector_added_to_the_output_bias_shifts_every_logit_by_it(name):
+    spec = get_spec(name)
+    torch.manual_seed(0)
+    model = create_model(name, pretrained=False).eval()
+    x = torch.randn(3, spec.preprocess.channels, spec.preprocess.size, spec.preprocess.size)
+    shift = torch.linspace(-1, 1, 8)
+    with torch.no_grad():
+        before = model(x)
+        output_bias(model).add_(shift)
+        torch.testing.assert_close(model(x) - before, shift.expand(3, 8), atol=1e-5, rtol=0)
+
+
+def test_the_output_bias_of_a_convolution_head_before_average_pooling_shifts_the_logits_too():
+    from emodetect.models.mini_xception import MiniXception
+
+    torch.manual_seed(0)
+    keras_head = MiniXception(num_classes=8, conv_head=True).eval()  # the FER2013 port: 3x3 conv, then pooling
+    x, shift = torch.randn(2, 1, 48, 48), torch.linspace(-1, 1, 8)
+    with torch.no_grad():
+        before = keras_head(x)
+        output_bias(keras_head).add_(shift)
+        torch.testing.assert_close(keras_head(x) - before, shift.expand(2, 8), atol=1e-5, rtol=0)
 
 
 def test_tf_same_padding_is_asymmetric_like_tensorflow():

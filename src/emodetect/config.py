@@ -133,6 +133,10 @@ class TrainConfig:
     label_smoothing: float = 0.0
     mixup: float = 0.0  # Beta(alpha, alpha) mixing; 0 turns it off
     class_weights: bool = True  # balanced weights from the train split's labels
+    # after training, fold -log(the loss's class tilt) into the output bias (training.loop.prior_offsets): the
+    # class-weighted fit then predicts under the train split's own class mix (plain accuracy, fewer rare-class
+    # false alarms); off by default, so the study's models stay as published
+    prior_correction: bool = False
     oversample: dict = field(default_factory=dict)  # class name -> sampling factor (>1 shows it more often)
     source_weights: dict = field(default_factory=dict)  # dataset name -> sampling factor of its images
     augment: dict = field(default_factory=lambda: asdict(Augment()))
@@ -171,7 +175,7 @@ class TrainConfig:
         _integer(o, "patience", self.patience, lo=1, hi=10_000)
         _choice(o, "monitor", self.monitor, MONITORS)
         _integer(o, "seed", self.seed)
-        for name in ("class_weights", "bf16", "channels_last", "tta_flip"):
+        for name in ("class_weights", "prior_correction", "bf16", "channels_last", "tta_flip"):
             _flag(o, name, getattr(self, name))
         if not isinstance(self.oversample, dict):
             _fail(o, "oversample", 'an object such as {"disgust": 1.5}', self.oversample)

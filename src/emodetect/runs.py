@@ -100,6 +100,8 @@ def train(model: str | ModelConfig, data, out_dir, *, params: dict | None = None
     else:
         fitted = fit_pipeline(cfg, tr, log=log)
     train_seconds = time.perf_counter() - t0
+    if cfg.kind == "torch":  # a resumed run: every epoch's time, not only this call's
+        train_seconds = max(train_seconds, fitted.info["train_seconds"])
 
     per_source = ds.info.get("sources") or {ds.info["name"]: ds.info}
     meta = {"label_source": ds.info["label_source"], "dataset_id": ds.info["dataset_id"],

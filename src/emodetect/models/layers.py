@@ -38,3 +38,15 @@ class SameMaxPool2d(nn.Module):
 
     def forward(self, x):
         return F.max_pool2d(tf_same_pad(x, self.kernel, self.stride, value=float("-inf")), self.kernel, self.stride)
+
+
+def output_bias(model: nn.Module) -> torch.Tensor:
+    """The bias of a network's output layer (the last Linear or Conv2d it registers): the class scores' offsets.
+
+    Every network here ends in that layer or in it followed by average pooling, so adding a vector to this bias
+    adds exactly that vector to the logits (tested for every registered network).
+    """
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not layers or layers[-1].bias is None:
+        raise ValueError(f"{type(model).__name__} has no output layer with a bias")
+    return layers[-1].bias

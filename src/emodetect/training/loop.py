@@ -29,6 +29,7 @@ from emodetect.errors import EmodetectError
 from emodetect.files import atomic_write, is_regular_file
 from emodetect.labels import CLASSES, label_to_index
 from emodetect.malloc import tune_malloc
+from emodetect.models.layers import output_bias
 from emodetect.models.predict import predict_logits
 from emodetect.models.registry import ModelConfig, create_model
 
@@ -168,11 +169,13 @@ class OnlineTeacher:
         self.pre = artifact.preprocess
         self.model = fuse(artifact.model, self.pre.size, self.pre.channels).eval()
         self.bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        self.offsets = teacher_offsets(artifact)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with _autocast(self.bf16):
-            return self.model(x.contiguous(memory_format=torch.channels_last)).float()
+            logits = self.model(x.contiguous(memory_format=torch.channels_last)).float()
+        return logits if self.offsets is None else logits - self.offsets
 
 
 def _batch_loss(logits, target, mask, soft, weight, cfg: TrainConfig) -> torch.Tensor:
@@ -249,6 +252,26 @@ def _sampling_probabilities(labels: np.ndarray, sources: np.ndarray, oversample:
         factors[label_to_index(name)] = float(f)
     p = factors[labels] * np.array([float(source_weights.get(s, 1.0)) for s in sources])
     return torch.tensor(p / p.sum(), dtype=torch.float64)
+
+
+def prior_offsets(labels: np.ndarray, weight: torch.Tensor | None, sample_p: torch.Tensor | None,
+                  n_classes: int = len(CLASSES)) -> np.ndarray:  # fmt: skip
+    """Offsets that turn a network fitted with class weights (and sampling factors) into an estimate of the
+    posterior under the train split's own class mix (logit adjustment; Menon et al., ICLR 2021).
+
+    A weighted cross-entropy is minimised by p(y|x) * m_y / pi_y (normalised), where pi_y is class y's share of
+    the train images and m_y its share of the loss (draw probability times class weight); adding
+    -log(m_y / pi_y) to the logits undoes that tilt. Centred (a constant offset changes nothing); 0 for a class
+    the train split lacks. Sampling factors per dataset enter through each class's share of the draws.
+    """
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    draws = np.bincount(labels, weights=None if sample_p is None else sample_p.numpy(), minlength=n_classes)
+    m = draws * (np.ones(n_classes) if weight is None else weight.double().numpy())
+    present = counts > 0
+    tilt = np.zeros(n_classes)
+    tilt[present] = np.log(m[present] / m[present].sum()) - np.log(counts[present] / counts.sum())
+    tilt[present] -= tilt[present].mean()
+    return -tilt
 
 
 def class_masks(labels: np.ndarray, sources: np.ndarray, n_classes: int = len(CLASSES)) -> torch.Tensor | None:
@@ -334,6 +357,12 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     info = {"best_epoch": best["epoch"] + 1, "best_score": best["score"], "monitor": cfg.monitor,
             "epochs_run": len(history), "stopped_early": stale >= cfg.patience,
             "train_seconds": sum(h["seconds"] for h in history)}  # fmt: skip
+    if cfg.prior_correction:  # after early stopping: the epochs were chosen on the fitted (tilted) scores
+        offsets = np.round(prior_offsets(train.labels, weight, sample_p), 6)  # exactly what the meta records
+        with torch.no_grad():
+            output_bias(model).add_(torch.from_numpy(offsets).to(output_bias(model).dtype))
+        info["prior_correction"] = offsets.tolist()
+        log("prior correction: output bias " + ", ".join(f"{c} {v:+.3f}" for c, v in zip(CLASSES, offsets)))
     return FitResult(model, history, info)
 
 
@@ -352,8 +381,26 @@ def _teacher(cfg: TrainConfig, train: Dataset, log) -> tuple[torch.Tensor | None
     teacher = Predictor(artifact, backend="onnx")  # float weights, never a shipped int8 graph: soft targets stay exact
     t0 = time.perf_counter()
     logits = torch.from_numpy(teacher.logits(train.images)).float()
+    if (offsets := teacher_offsets(artifact)) is not None:
+        logits -= offsets
     log(f"distillation: {teacher.artifact.name} soft targets for {len(logits):,} images ({time.perf_counter() - t0:.0f} s)")
     return logits, None
+
+
+# options a resumed run may change: they decide when to stop, or act once the epochs are over, so the epochs
+# already run are exactly those a run with the new value would have run (more patience continues a stopped run)
+RESUMABLE = ("patience", "prior_correction")
+
+
+def _fit_options(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in RESUMABLE}
+
+
+def teacher_offsets(artifact) -> torch.Tensor | None:
+    """The prior correction a trained model's output bias holds (None without one): distillation subtracts it,
+    so a student learns the teacher's fitted scores, on the scale of its own class-weighted loss."""
+    offsets = artifact.meta.get("fit", {}).get("prior_correction")
+    return None if offsets is None else torch.tensor(offsets, dtype=torch.float32)
 
 
 def _resume(ckpt_path: Path | None, cfg: TrainConfig, model, optimizer, scheduler, generator):
@@ -363,7 +410,9 @@ def _resume(ckpt_path: Path | None, cfg: TrainConfig, model, optimizer, schedule
     ck = read_checkpoint(ckpt_path)
     if ck is None:
         raise EmodetectError(f"--resume: {ckpt_path} is not a readable emodetect checkpoint (truncated or foreign)")
-    if ck["config"] != json.loads(json.dumps(asdict(cfg))):
+    # an option newer than the checkpoint counts as its default (the behaviour the run was trained with)
+    defaults = json.loads(json.dumps(asdict(TrainConfig(model=cfg.model))))
+    if _fit_options({**defaults, **ck["config"]}) != _fit_options(json.loads(json.dumps(asdict(cfg)))):
         raise EmodetectError(f"--resume: {ckpt_path} was written with a different config")
     try:
         model.load_state_dict(ck["model"])
