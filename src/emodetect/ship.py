@@ -200,7 +200,7 @@ def _training_section(c: dict) -> list[str]:
               f"- augmentation: {aug}",
               f"- early stopping on {cfg['monitor'].replace('_', ' ')} (patience {cfg['patience']}): best epoch "
               f"{fit.get('best_epoch', '?')} of {fit.get('epochs_run', '?')} run",
-              *([f"- prior correction (logit adjustment, Menon et al. 2021): after training, the output bias moved by "
+              *(["- prior correction (logit adjustment, Menon et al. 2021): after training, the output bias moved by "
                  + ", ".join(f"{k} {v:+.2f}" for k, v in zip(CLASSES, fit["prior_correction"]))
                  + ", which undoes the class weights' tilt: predictions follow the training data's own class mix"]
                 if fit.get("prior_correction") else []),
