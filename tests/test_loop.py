@@ -78,6 +78,30 @@ def test_a_run_stopped_early_resumes_with_more_patience_as_if_it_had_never_stopp
         torch.testing.assert_close(v, resumed.state_dict()[k], rtol=0, atol=0)
 
 
+def test_resume_refuses_less_patience_where_the_run_would_have_stopped_earlier(tiny_dataset, tmp_path):
+    from emodetect.training.loop import _stop_epoch
+
+    history = [{"val_accuracy": v} for v in (0.3, 0.5, 0.4, 0.45, 0.6, 0.55)]
+    assert _stop_epoch(history, "val_accuracy", 2) == 4 and _stop_epoch(history, "val_accuracy", 3) is None
+    tr, va = _splits(tiny_dataset)
+    quiet = dict(progress=False, log=lambda m: None)
+    cfg = replace(TINY, epochs=3, lr=0.0, schedule="constant", patience=5)  # nothing improves after epoch 1
+    fit(cfg, tr, va, tmp_path, **quiet)
+    with pytest.raises(EmodetectError, match="patience 1 this run would have stopped after epoch 2"):
+        fit(replace(cfg, patience=1), tr, va, tmp_path, resume=True, **quiet)
+
+
+def test_a_checkpoint_from_before_an_option_existed_counts_it_at_its_default():
+    from emodetect.training.loop import resumable, with_defaults
+
+    now = json.loads(json.dumps(asdict(TINY)))
+    old = {k: v for k, v in now.items() if k not in ("distill_alpha", "prior_correction")}
+    assert with_defaults(old) == now and resumable(old, now)
+    assert resumable(old, {**now, "prior_correction": True, "patience": 50})  # may change on resume
+    assert not resumable(old, {**now, "distill_alpha": 0.5}) and not resumable(None, now)
+    assert with_defaults({"C": 1.0}) == {"C": 1.0}  # a pipeline's parameters: as they are
+
+
 def test_resume_refuses_a_different_config_or_a_missing_checkpoint(tiny_dataset, tmp_path):
     tr, va = _splits(tiny_dataset)
     fit(replace(TINY, epochs=1), tr, va, tmp_path, progress=False, log=lambda m: None)
@@ -101,9 +125,13 @@ def test_the_prior_offsets_undo_the_class_weights_and_the_sampling_factors():
     want = np.log(pi) - np.log(pi).mean()  # the tilt is uniform / pi, so the offsets are log pi, centred
     np.testing.assert_allclose(prior_offsets(labels, w, None, 4), [*want, 0.0], atol=1e-6)  # float32 weights
     np.testing.assert_allclose(prior_offsets(labels, None, None, 4), 0.0, atol=1e-12)  # no weights: nothing to undo
-    p = np.array([1, 1, 1, 2, 1, 1], float)  # class 1 drawn twice as often
-    got = prior_offsets(labels, None, torch.tensor(p / p.sum()), 4)
+    got = prior_offsets(labels, None, np.array([1.0, 2.0, 1.0, 1.0]), 4)  # class 1 drawn twice as often
     np.testing.assert_allclose(got[:3] - got[0], [0, -np.log(2), 0], atol=1e-12)
+    w = torch.tensor([0.5, 2.0, 1.0, 3.0])  # both at once: the tilt is f * w; class 3 is absent, so 0
+    got = prior_offsets(labels, w, np.array([2.0, 1.0, 1.0, 1.0]), 4)
+    tilt = -np.log([1.0, 2.0, 1.0])
+    np.testing.assert_allclose(got, [*(tilt - tilt.mean()), 0.0], atol=1e-12)
+    assert not np.signbit(got[3])
 
 
 def test_prior_correction_moves_the_fitted_logits_by_its_recorded_offsets(tiny_dataset, tmp_path):
@@ -130,24 +158,30 @@ def test_prior_correction_moves_the_fitted_logits_by_its_recorded_offsets(tiny_d
         fit(replace(TINY, epochs=1, lr=0.1, prior_correction=True), tr, va, tmp_path / "plain", resume=True, **quiet)
 
 
-def test_distillation_takes_a_corrected_teachers_fitted_scores(tiny_dataset, tmp_path):
+def test_distillation_tilts_a_corrected_teacher_by_the_students_own_class_weights(tiny_dataset, tmp_path):
     from emodetect.models.artifact import load_artifact, save_network
     from emodetect.models.predict import Predictor
     from emodetect.training import loop
 
     tr, va = _splits(tiny_dataset)
     teacher_model, _, _ = fit(replace(TINY, epochs=1), tr, va, progress=False, log=lambda m: None)
-    offsets = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0, 0.0, 0.25]
-    path = save_network(tmp_path / "teacher.safetensors", teacher_model, "tiny", resolve_model_config("tiny").preprocess,
-                        {"tta_flip": False, "fit": {"prior_correction": offsets}}, {"width": 8})  # fmt: skip
-    soft, _ = loop._teacher(replace(TINY, teacher=str(path)), tr, lambda m: None)
-    served = Predictor(load_artifact(path), backend="onnx").logits(tr.images)
-    np.testing.assert_allclose(soft.numpy(), served - np.array(offsets, np.float32), atol=1e-4)
-    online = loop.OnlineTeacher(load_artifact(path))
+    pre = resolve_model_config("tiny").preprocess
+    plain = save_network(tmp_path / "plain.safetensors", teacher_model, "tiny", pre, {"tta_flip": False}, {"width": 8})
+    corrected = save_network(tmp_path / "corrected.safetensors", teacher_model, "tiny", pre,
+                             {"tta_flip": False, "fit": {"prior_correction": [0.5, -1.0, 0, 0, 0, 0, 0, 0.5]}},
+                             {"width": 8})  # fmt: skip
+    student = np.array([0.3, -0.2, 0.1, 0.0, 0.0, -0.4, 0.2, 0.0])  # the student's own prior offsets
+    served = Predictor(load_artifact(corrected), backend="onnx").logits(tr.images)
+    soft, _ = loop._teacher(replace(TINY, teacher=str(corrected)), tr, lambda m: None, student)
+    np.testing.assert_allclose(soft.numpy(), served - student.astype(np.float32), atol=1e-4)
+    soft, _ = loop._teacher(replace(TINY, teacher=str(plain)), tr, lambda m: None, student)  # uncorrected: as it is
+    np.testing.assert_allclose(soft.numpy(), served, atol=1e-4)
+    _, online = loop._teacher(replace(TINY, teacher=str(corrected), distill_views="augmented"), tr, lambda m: None, student)
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         raw = online.model(x)
-    torch.testing.assert_close(online(x), raw.float() - torch.tensor(offsets), atol=0.05 * float(raw.abs().max()), rtol=0)
+    torch.testing.assert_close(online(x), raw.float() - torch.tensor(student, dtype=torch.float32),
+                               atol=0.05 * float(raw.abs().max()), rtol=0)  # fmt: skip
 
 
 def test_fit_uses_train_labels_only_for_class_weights(tiny_dataset, monkeypatch):

@@ -120,7 +120,9 @@ def _key(*parts) -> str:
 def run_is_current(run_dir: Path, model: ModelConfig, data_cfg: DataConfig, fingerprint: str) -> bool:
     """Whether run_dir holds a finished run of `model` made with exactly this config on this data."""
     m = read_json(run_dir / "metrics.json")
-    return isinstance(m, dict) and m.get("model") == model.name and m.get("config") == model.to_dict() \
+    from emodetect.training.loop import with_defaults
+
+    return isinstance(m, dict) and m.get("model") == model.name and with_defaults(m.get("config")) == model.to_dict() \
         and m.get("data") == asdict(data_cfg) and m.get("fingerprint") == fingerprint  # fmt: skip
 
 
@@ -207,7 +209,7 @@ def run_study(data, out_dir, *, preset: str = "full", config: dict | None = None
 
 
 def _train_stage(model: ModelConfig, data, run_dir: Path, data_cfg, fingerprint, cache_dir, log) -> dict:
-    from emodetect.training.loop import CHECKPOINT, checkpoint_config
+    from emodetect.training.loop import CHECKPOINT, checkpoint_config, resumable
 
     if run_is_current(run_dir, model, data_cfg, fingerprint):
         log(f"  {model.name}: finished earlier, reused ({run_dir})")
@@ -215,7 +217,7 @@ def _train_stage(model: ModelConfig, data, run_dir: Path, data_cfg, fingerprint,
     resume = False
     ckpt = run_dir / CHECKPOINT
     if ckpt.exists():
-        resume = checkpoint_config(ckpt) == model.to_dict()
+        resume = resumable(checkpoint_config(ckpt), model.to_dict())
         if not resume:
             ckpt.unlink()  # written by another config: start over
     elif run_dir.exists():

@@ -13,7 +13,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -163,19 +163,19 @@ class OnlineTeacher:
     bfloat16 where the CPU has native support (twice as fast here, and a soft target needs no more), no
     gradients. `pre` is its own input format."""
 
-    def __init__(self, artifact):
+    def __init__(self, artifact, shift: torch.Tensor | None = None):
         from emodetect.models.fuse import fuse
 
         self.pre = artifact.preprocess
         self.model = fuse(artifact.model, self.pre.size, self.pre.channels).eval()
         self.bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        self.offsets = teacher_offsets(artifact)
+        self.shift = shift  # added to the logits (`teacher_shift`)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with _autocast(self.bf16):
             logits = self.model(x.contiguous(memory_format=torch.channels_last)).float()
-        return logits if self.offsets is None else logits - self.offsets
+        return logits if self.shift is None else logits + self.shift
 
 
 def _batch_loss(logits, target, mask, soft, weight, cfg: TrainConfig) -> torch.Tensor:
@@ -238,6 +238,14 @@ def _make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
     raise EmodetectError(f"unknown schedule {cfg.schedule!r}; expected cosine, onecycle, plateau or constant")
 
 
+def class_factors(oversample: dict, n_classes: int = len(CLASSES)) -> np.ndarray:
+    """Each class's sampling factor (1 unless `oversample` names it)."""
+    factors = np.ones(n_classes)
+    for name, f in oversample.items():  # TrainConfig has resolved aliases to canonical names
+        factors[label_to_index(name)] = float(f)
+    return factors
+
+
 def _sampling_probabilities(labels: np.ndarray, sources: np.ndarray, oversample: dict,
                             source_weights: dict) -> torch.Tensor | None:  # fmt: skip
     """Per-image draw probabilities from class factors and dataset factors (None: every image once per epoch)."""
@@ -247,31 +255,29 @@ def _sampling_probabilities(labels: np.ndarray, sources: np.ndarray, oversample:
     if unknown:
         raise EmodetectError(f"source_weights names unknown dataset(s) {sorted(unknown)}; the datasets are "
                              f"{', '.join(dict.fromkeys(sources.tolist()))}")  # fmt: skip
-    factors = np.ones(len(CLASSES))
-    for name, f in oversample.items():  # TrainConfig has resolved aliases to canonical names
-        factors[label_to_index(name)] = float(f)
-    p = factors[labels] * np.array([float(source_weights.get(s, 1.0)) for s in sources])
+    p = class_factors(oversample)[labels] * np.array([float(source_weights.get(s, 1.0)) for s in sources])
     return torch.tensor(p / p.sum(), dtype=torch.float64)
 
 
-def prior_offsets(labels: np.ndarray, weight: torch.Tensor | None, sample_p: torch.Tensor | None,
+def prior_offsets(labels: np.ndarray, weight: torch.Tensor | None, factors: np.ndarray | None = None,
                   n_classes: int = len(CLASSES)) -> np.ndarray:  # fmt: skip
-    """Offsets that turn a network fitted with class weights (and sampling factors) into an estimate of the
-    posterior under the train split's own class mix (logit adjustment; Menon et al., ICLR 2021).
+    """Offsets that turn a network fitted with class weights (and class sampling factors) into an estimate of
+    the posterior under the train split's own class mix (logit adjustment; Menon et al., ICLR 2021).
 
-    A weighted cross-entropy is minimised by p(y|x) * m_y / pi_y (normalised), where pi_y is class y's share of
-    the train images and m_y its share of the loss (draw probability times class weight); adding
-    -log(m_y / pi_y) to the logits undoes that tilt. Centred (a constant offset changes nothing); 0 for a class
-    the train split lacks. Sampling factors per dataset enter through each class's share of the draws.
+    A weighted cross-entropy with class c drawn f_c times as often and weighted w_c is minimised by p(y|x) * f_y *
+    w_y (normalised); adding -log(f_y * w_y) to the logits undoes that tilt. Centred (a constant offset changes
+    nothing); 0 for a class the train split lacks. Per-dataset factors (`source_weights`) are left out: a network
+    that can tell the datasets apart (FER2013's small gray faces) keeps each one's class posterior whatever its
+    share of the draws, so they are not a class tilt.
     """
-    counts = np.bincount(labels, minlength=n_classes).astype(float)
-    draws = np.bincount(labels, weights=None if sample_p is None else sample_p.numpy(), minlength=n_classes)
-    m = draws * (np.ones(n_classes) if weight is None else weight.double().numpy())
-    present = counts > 0
-    tilt = np.zeros(n_classes)
-    tilt[present] = np.log(m[present] / m[present].sum()) - np.log(counts[present] / counts.sum())
-    tilt[present] -= tilt[present].mean()
-    return -tilt
+    present = np.bincount(labels, minlength=n_classes) > 0
+    tilt = np.ones(n_classes) if factors is None else np.asarray(factors, float).copy()
+    if weight is not None:
+        tilt *= weight.double().numpy()
+    out = np.zeros(n_classes)
+    out[present] = -np.log(tilt[present])
+    out[present] -= out[present].mean()
+    return out + 0.0  # no -0.0
 
 
 def class_masks(labels: np.ndarray, sources: np.ndarray, n_classes: int = len(CLASSES)) -> torch.Tensor | None:
@@ -308,7 +314,8 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     # a class is missing from a dataset if none of its train or val images has it
     masks = class_masks(np.concatenate([train.labels, val.labels]), np.concatenate([train.sources, val.sources]))
     mask_train, mask_val = (None, None) if masks is None else (masks[: len(train)], masks[len(train) :])
-    teacher_logits, teacher = _teacher(cfg, train, log)
+    offsets = np.round(prior_offsets(train.labels, weight, class_factors(cfg.oversample)), 6)  # as the meta records
+    teacher_logits, teacher = _teacher(cfg, train, log, offsets)
     steps = len(y_train) // cfg.batch_size if len(y_train) >= cfg.batch_size else 1
     optimizer = _make_optimizer(model, cfg)
     scheduler = _make_scheduler(optimizer, cfg, steps)
@@ -357,8 +364,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     info = {"best_epoch": best["epoch"] + 1, "best_score": best["score"], "monitor": cfg.monitor,
             "epochs_run": len(history), "stopped_early": stale >= cfg.patience,
             "train_seconds": sum(h["seconds"] for h in history)}  # fmt: skip
-    if cfg.prior_correction:  # after early stopping: the epochs were chosen on the fitted (tilted) scores
-        offsets = np.round(prior_offsets(train.labels, weight, sample_p), 6)  # exactly what the meta records
+    if cfg.prior_correction and offsets.any():  # after early stopping: epochs were chosen on the fitted scores
         with torch.no_grad():
             output_bias(model).add_(torch.from_numpy(offsets).to(output_bias(model).dtype))
         info["prior_correction"] = offsets.tolist()
@@ -366,41 +372,75 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     return FitResult(model, history, info)
 
 
-def _teacher(cfg: TrainConfig, train: Dataset, log) -> tuple[torch.Tensor | None, OnlineTeacher | None]:
+def _teacher(cfg: TrainConfig, train: Dataset, log,
+             offsets: np.ndarray | None = None) -> tuple[torch.Tensor | None, OnlineTeacher | None]:  # fmt: skip
     """Distillation's soft targets: (the teacher's logits on the clean train images, computed once, None) or
-    (None, the teacher itself, to score every augmented batch); (None, None) without a teacher."""
+    (None, the teacher itself, to score every augmented batch); (None, None) without a teacher. `offsets`: the
+    student's own prior offsets (see `teacher_shift`)."""
     if not cfg.teacher:
         return None, None
     from emodetect.models.artifact import resolve_artifact
     from emodetect.models.predict import Predictor
 
     artifact = resolve_artifact(cfg.teacher)
+    shift = teacher_shift(artifact, offsets)
     if cfg.distill_views == "augmented":
         log(f"distillation: {artifact.name} scores every augmented batch ({artifact.preprocess.size} px)")
-        return None, OnlineTeacher(artifact)
+        return None, OnlineTeacher(artifact, shift)
     teacher = Predictor(artifact, backend="onnx")  # float weights, never a shipped int8 graph: soft targets stay exact
     t0 = time.perf_counter()
     logits = torch.from_numpy(teacher.logits(train.images)).float()
-    if (offsets := teacher_offsets(artifact)) is not None:
-        logits -= offsets
+    if shift is not None:
+        logits += shift
     log(f"distillation: {teacher.artifact.name} soft targets for {len(logits):,} images ({time.perf_counter() - t0:.0f} s)")
     return logits, None
 
 
+def teacher_shift(artifact, offsets: np.ndarray | None) -> torch.Tensor | None:
+    """What to add to a teacher's logits for soft targets (None: nothing). A prior-corrected teacher (its model
+    file records the correction) predicts under the training mix; the student's own loss is tilted by its class
+    weights, so its soft targets are tilted the same way (minus the student's offsets) and the student's own
+    correction at the end undoes both. With the same data and weights this gives the teacher's fitted scores."""
+    if artifact.meta.get("fit", {}).get("prior_correction") is None:
+        return None
+    return -torch.tensor(np.zeros(len(CLASSES)) if offsets is None else offsets, dtype=torch.float32)
+
+
 # options a resumed run may change: they decide when to stop, or act once the epochs are over, so the epochs
-# already run are exactly those a run with the new value would have run (more patience continues a stopped run)
+# already run are exactly those a run with the new value would have run (checked for patience: more patience
+# continues a stopped run; less is refused where the run would have stopped earlier)
 RESUMABLE = ("patience", "prior_correction")
 
 
-def _fit_options(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in RESUMABLE}
+def with_defaults(config):
+    """A saved training config with the options added since it was written at their defaults (the behaviour
+    it was trained with); anything that is not a network's training config comes back as it is."""
+    names = {f.name for f in fields(TrainConfig)}
+    if not isinstance(config, dict) or "model" not in config or not set(config) <= names:
+        return config
+    return {**json.loads(json.dumps(asdict(TrainConfig(model=str(config.get("model", "cnn_seed")))))), **config}
 
 
-def teacher_offsets(artifact) -> torch.Tensor | None:
-    """The prior correction a trained model's output bias holds (None without one): distillation subtracts it,
-    so a student learns the teacher's fitted scores, on the scale of its own class-weighted loss."""
-    offsets = artifact.meta.get("fit", {}).get("prior_correction")
-    return None if offsets is None else torch.tensor(offsets, dtype=torch.float32)
+def resumable(saved, config: dict) -> bool:
+    """Whether a checkpoint written with `saved` may go on as a run of `config` (see RESUMABLE)."""
+    saved = with_defaults(saved)
+    if not isinstance(saved, dict):
+        return False
+    return {k: v for k, v in saved.items() if k not in RESUMABLE} == \
+        {k: v for k, v in config.items() if k not in RESUMABLE}  # fmt: skip
+
+
+def _stop_epoch(history: list[dict], monitor: str, patience: int) -> int | None:
+    """The epoch (1-based) after which a run with this history and patience would have stopped, if any."""
+    best, stale = -math.inf, 0
+    for i, row in enumerate(history):
+        if stale >= patience:
+            return i
+        if row[monitor] > best:
+            best, stale = row[monitor], 0
+        else:
+            stale += 1
+    return None
 
 
 def _resume(ckpt_path: Path | None, cfg: TrainConfig, model, optimizer, scheduler, generator):
@@ -410,10 +450,12 @@ def _resume(ckpt_path: Path | None, cfg: TrainConfig, model, optimizer, schedule
     ck = read_checkpoint(ckpt_path)
     if ck is None:
         raise EmodetectError(f"--resume: {ckpt_path} is not a readable emodetect checkpoint (truncated or foreign)")
-    # an option newer than the checkpoint counts as its default (the behaviour the run was trained with)
-    defaults = json.loads(json.dumps(asdict(TrainConfig(model=cfg.model))))
-    if _fit_options({**defaults, **ck["config"]}) != _fit_options(json.loads(json.dumps(asdict(cfg)))):
+    if not resumable(ck["config"], json.loads(json.dumps(asdict(cfg)))):
         raise EmodetectError(f"--resume: {ckpt_path} was written with a different config")
+    stop = _stop_epoch(list(ck["history"]), cfg.monitor, cfg.patience)
+    if stop is not None and stop < len(ck["history"]):
+        raise EmodetectError(f"--resume: with patience {cfg.patience} this run would have stopped after epoch {stop}, "
+                             f"and {ckpt_path} no longer holds its weights from then")  # fmt: skip
     try:
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
