@@ -365,8 +365,9 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
             "epochs_run": len(history), "stopped_early": stale >= cfg.patience,
             "train_seconds": sum(h["seconds"] for h in history)}  # fmt: skip
     if cfg.prior_correction and offsets.any():  # after early stopping: epochs were chosen on the fitted scores
+        bias = output_bias(model)
         with torch.no_grad():
-            output_bias(model).add_(torch.from_numpy(offsets).to(output_bias(model).dtype))
+            bias.add_(torch.from_numpy(offsets).to(bias.dtype))
         info["prior_correction"] = offsets.tolist()
         log("prior correction: output bias " + ", ".join(f"{c} {v:+.3f}" for c, v in zip(CLASSES, offsets)))
     return FitResult(model, history, info)
@@ -418,7 +419,7 @@ def with_defaults(config):
     names = {f.name for f in fields(TrainConfig)}
     if not isinstance(config, dict) or "model" not in config or not set(config) <= names:
         return config
-    return {**json.loads(json.dumps(asdict(TrainConfig(model=str(config.get("model", "cnn_seed")))))), **config}
+    return {**json.loads(json.dumps(asdict(TrainConfig(model=str(config["model"]))))), **config}
 
 
 def resumable(saved, config: dict) -> bool:
