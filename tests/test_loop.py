@@ -351,3 +351,48 @@ def test_the_online_teacher_gives_the_networks_logits():
     got = OnlineTeacher(artifact)(x)
     assert got.shape == want.shape and not got.requires_grad
     assert torch.allclose(got, want, atol=0.05 * float(want.abs().max()))  # bfloat16 where the CPU has it
+
+
+def test_a_cut_network_starts_from_a_model_files_shared_layers_and_keeps_its_own_head(tmp_path):
+    from emodetect.models.artifact import load_artifact, save_network
+    from emodetect.models.registry import create_model
+    from emodetect.training.loop import init_from
+
+    torch.manual_seed(0)
+    full = create_model("efficientnet_lite0", num_classes=8, pretrained=False).eval()
+    path = save_network(tmp_path / "full.safetensors", full, "efficientnet_lite0",
+                        resolve_model_config("efficientnet_lite0").preprocess, {"tta_flip": False}, {})  # fmt: skip
+    saved = load_artifact(path).model.state_dict()
+    cut = create_model("fastlite", num_classes=8, pretrained=False)
+    head_names = ("_conv_head.", "_bn1.", "_fc.")  # fastlite's own 512-wide head and output layer
+    before = {k: v.clone() for k, v in cut.state_dict().items()}
+    assert not torch.equal(before["_conv_stem.weight"], saved["_conv_stem.weight"])
+    n = init_from(cut, str(path))
+    ours = cut.state_dict()
+    trunk = [k for k in ours if not k.startswith(head_names) and not k.endswith("num_batches_tracked")]
+    assert n == len(trunk) + sum(k.endswith("num_batches_tracked") and not k.startswith(head_names) for k in ours)
+    assert all(torch.equal(ours[k], saved[k]) for k in trunk)
+    # the output bias has the same shape in both (8) but its layer's weight does not: the layer is left whole
+    assert ours["_fc.bias"].shape == saved["_fc.bias"].shape
+    assert all(torch.equal(ours[k], before[k]) for k in ours if k.startswith(head_names))
+
+
+def test_training_from_a_model_file_starts_at_its_weights_and_refuses_one_with_nothing_in_common(tiny_dataset, tmp_path):
+    from emodetect.models.artifact import save_network
+    from emodetect.models.registry import create_model
+    from emodetect.training.loop import init_from
+
+    tr, va = _splits(tiny_dataset)
+    source, _, _ = fit(replace(TINY, epochs=1), tr, va, progress=False, log=lambda m: None)
+    path = save_network(tmp_path / "tiny.safetensors", source, "tiny", resolve_model_config("tiny").preprocess,
+                        {"tta_flip": False}, {"width": 8})  # fmt: skip
+    logs = []
+    model, _, _ = fit(replace(TINY, epochs=1, lr=0.0, weight_decay=0.0, init_from=str(path)), tr, va, progress=False,
+                      log=logs.append)  # fmt: skip
+    weights = [k for k, _ in source.named_parameters()]
+    assert all(torch.equal(model.state_dict()[k], source.state_dict()[k].float()) for k in weights)  # lr 0: as loaded
+    assert any(m.startswith("initialised from") for m in logs)
+    with pytest.raises(EmodetectError, match="no weight of the same name and shape"):
+        init_from(create_model("fastlite", num_classes=8, pretrained=False), str(path))
+    with pytest.raises(EmodetectError, match="init_from"):
+        TrainConfig(init_from="  ")

@@ -156,3 +156,25 @@ def test_an_int8_graph_of_other_weights_is_never_used(tmp_path):
     with pytest.raises(ValueError, match="no int8 graph"):
         Predictor(first, backend="int8")
     assert Predictor(load_artifact(files[1]), tta_flip=True).backend == "fused"  # the graph has no mirror average
+
+
+def test_the_card_says_what_a_student_was_distilled_from_and_started_at():
+    from dataclasses import asdict
+
+    from emodetect.config import TrainConfig
+    from emodetect.ship import _training_section
+
+    def card(**options):
+        return "\n".join(_training_section({
+            "config": asdict(TrainConfig(model="fastlite", **options)), "fit": {}, "environment": {}, "datasets": {},
+            "n_train_by_source": {}, "label_source": "folder", "split_seed": 0, "n_train": 10, "train_seconds": 60,
+            "pretrained": "ImageNet", "pretrained_licence": "Apache-2.0", "inference_images_per_second": None,
+            "command": "emodetect train ..."}))  # fmt: skip
+
+    plain = card()
+    assert "distilled" not in plain and "shares with" not in plain
+    student = card(teacher="default", distill_alpha=0.7, distill_temperature=3.0, init_from="default")
+    assert "- distilled from `default`: its soft targets (each clean train image, once) at temperature 3.0 weigh 0.7, " \
+           "the labels 0.3" in student
+    assert "ImageNet (Apache-2.0), new 8-class head; then every layer it shares with `default`" in student
+    assert "every augmented batch" in card(teacher="default", distill_views="augmented")

@@ -153,6 +153,9 @@ class TrainConfig:
     # augmented batch the student sees (the same view, at the teacher's own size: sizes in `augment`, such as
     # blur_sigma, are then in the teacher's pixels): consistent targets, one teacher forward pass more per batch
     distill_views: str = "clean"
+    # start from this model's weights ("default", a model file or a run folder) wherever a weight of the same name
+    # and shape exists (a network cut from the same backbone takes its trained blocks); the rest as built
+    init_from: str | None = None
 
     def __post_init__(self):
         o = "train"
@@ -189,6 +192,8 @@ class TrainConfig:
         object.__setattr__(self, "oversample", canon)
         if self.teacher is not None and (not isinstance(self.teacher, str) or not self.teacher.strip()):
             _fail(o, "teacher", 'a model ("default", a model file or a run folder) or null', self.teacher)
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
+            _fail(o, "init_from", 'a model ("default", a model file or a run folder) or null', self.init_from)
         _number(o, "distill_alpha", self.distill_alpha, 0, 1)
         _number(o, "distill_temperature", self.distill_temperature, 0, 100, lo_open=True)
         _choice(o, "distill_views", self.distill_views, ("clean", "augmented"))

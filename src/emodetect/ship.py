@@ -191,13 +191,21 @@ def _training_section(c: dict) -> list[str]:
                  f"groups kept whole); {c['n_train']:,} train images in all")  # fmt: skip
     start = (f"pretrained weights: {c['pretrained']} ({c['pretrained_licence']}), new "
              f"{len(CLASSES)}-class head" if c["pretrained"] else "trained from scratch (no pretrained weights)")  # fmt: skip
+    if cfg.get("init_from"):
+        start += f"; then every layer it shares with `{cfg['init_from']}` (same name and shape) taken from that model"
     aug = ", ".join(f"{k} {v}" for k, v in cfg.get("augment", {}).items())
+    distilled = []
+    if cfg.get("teacher"):
+        views = "each clean train image, once" if cfg.get("distill_views", "clean") == "clean" else "every augmented batch"
+        distilled = [f"- distilled from `{cfg['teacher']}`: its soft targets ({views}) at temperature "
+                     f"{cfg['distill_temperature']} weigh {cfg['distill_alpha']}, the labels {1 - cfg['distill_alpha']:.2g}"]
     lines += [f"- start: {start}",
               f"- up to {cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']} with "
               f"{cfg['schedule']} schedule and {cfg['warmup_epochs']} warm-up epoch(s), weight decay "
               f"{cfg['weight_decay']}, label smoothing {cfg['label_smoothing']}, mixup {cfg['mixup']}, class weights "
               f"{cfg['class_weights']}, seed {cfg['seed']}",
               f"- augmentation: {aug}",
+              *distilled,
               f"- early stopping on {cfg['monitor'].replace('_', ' ')} (patience {cfg['patience']}): best epoch "
               f"{fit.get('best_epoch', '?')} of {fit.get('epochs_run', '?')} run",
               *(["- prior correction (logit adjustment, Menon et al. 2021): after training, the output bias moved by "

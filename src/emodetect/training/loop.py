@@ -303,6 +303,8 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     pre = model_cfg.preprocess
     aug = cfg.augmentation()
     model = create_model(cfg.model, num_classes=len(CLASSES), **cfg.model_kwargs)
+    if cfg.init_from:
+        log(f"initialised from {cfg.init_from}: {init_from(model, cfg.init_from)} weights")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     x_train, y_train = to_uint8_tensor(train.images), torch.from_numpy(train.labels)
@@ -371,6 +373,30 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
         info["prior_correction"] = offsets.tolist()
         log("prior correction: output bias " + ", ".join(f"{c} {v:+.3f}" for c, v in zip(CLASSES, offsets)))
     return FitResult(model, history, info)
+
+
+def init_from(model: torch.nn.Module, source: str) -> int:
+    """Copy into `model` the layers of the model `source` names whose every weight (and BatchNorm statistic) has
+    the same name and shape in `model`: a layer is taken whole or not at all (a new head's bias is not taken from
+    an output layer of another width). Returns the number of tensors copied; none is an error."""
+    from emodetect.models.artifact import resolve_artifact
+
+    artifact = resolve_artifact(source)
+    if artifact.kind != "torch":
+        raise EmodetectError(f"init_from: {source} is not a network")
+    theirs = artifact.model.state_dict()
+    ours = model.state_dict()
+    layers: dict[str, list[str]] = {}
+    for k in ours:
+        layers.setdefault(k.rpartition(".")[0], []).append(k)
+    shared = {k: theirs[k] for keys in layers.values()
+              if all(k in theirs and theirs[k].shape == ours[k].shape for k in keys) for k in keys}  # fmt: skip
+    if not shared:
+        raise EmodetectError(f"init_from: {source} ({artifact.name}) has no weight of the same name and shape as {type(model).__name__}'s")
+    with torch.no_grad():
+        for k, v in shared.items():
+            ours[k].copy_(v)
+    return len(shared)
 
 
 def _teacher(cfg: TrainConfig, train: Dataset, log,
