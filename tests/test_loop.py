@@ -307,9 +307,13 @@ def test_a_student_distils_from_a_teacher_file(tiny_dataset, tmp_path):
     path = save_network(tmp_path / "teacher.safetensors", teacher_model, "tiny", resolve_model_config("tiny").preprocess,
                         {"tta_flip": False}, {"width": 8})  # fmt: skip
     logs = []
-    _, history, _ = fit(replace(TINY, epochs=2, teacher=str(path), model_kwargs={"width": 4}), tr, va, progress=False,
-                        log=logs.append)  # fmt: skip
+    student = replace(TINY, epochs=2, teacher=str(path), model_kwargs={"width": 4})
+    _, history, _ = fit(student, tr, va, tmp_path / "student", progress=False, log=logs.append)
     assert len(history) == 2 and any("soft targets" in m for m in logs)
+    logs.clear()  # the finished run resumed for its correction: no epoch left, so no soft targets are computed
+    fit(replace(student, prior_correction=True), tr, va, tmp_path / "student", resume=True, progress=False,
+        log=logs.append)  # fmt: skip
+    assert any(m.startswith("resumed") for m in logs) and not any("soft targets" in m for m in logs)
 
 
 def test_an_online_teacher_scores_every_augmented_batch_at_its_own_size(tiny_dataset, tmp_path, monkeypatch):

@@ -303,7 +303,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     pre = model_cfg.preprocess
     aug = cfg.augmentation()
     model = create_model(cfg.model, num_classes=len(CLASSES), **cfg.model_kwargs)
-    if cfg.init_from:
+    if cfg.init_from and not resume:  # a resumed run's weights come from its checkpoint
         log(f"initialised from {cfg.init_from}: {init_from(model, cfg.init_from)} weights")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -317,7 +317,6 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     masks = class_masks(np.concatenate([train.labels, val.labels]), np.concatenate([train.sources, val.sources]))
     mask_train, mask_val = (None, None) if masks is None else (masks[: len(train)], masks[len(train) :])
     offsets = np.round(prior_offsets(train.labels, weight, class_factors(cfg.oversample)), 6)  # as the meta records
-    teacher_logits, teacher = _teacher(cfg, train, log, offsets)
     steps = len(y_train) // cfg.batch_size if len(y_train) >= cfg.batch_size else 1
     optimizer = _make_optimizer(model, cfg)
     scheduler = _make_scheduler(optimizer, cfg, steps)
@@ -331,6 +330,9 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
         log(f"resumed from epoch {start_epoch} ({ckpt_path})")
 
     stale = len(history) - 1 - best["epoch"] if history else 0
+    teacher_logits, teacher = None, None
+    if start_epoch < cfg.epochs and stale < cfg.patience:  # a finished run resumed (for a new patience or the
+        teacher_logits, teacher = _teacher(cfg, train, log, offsets)  # correction) needs no soft targets
     for epoch in range(start_epoch, cfg.epochs):
         if stale >= cfg.patience:
             break
