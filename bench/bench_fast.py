@@ -23,10 +23,10 @@ import torch
 from emodetect.config import DataConfig
 from emodetect.data.transforms import to_uint8_input
 from emodetect.models.artifact import resolve_artifact
-from emodetect.models.export import export_onnx, onnx_session, quantize_int8, shipped_int8
+from emodetect.models.export import export_onnx, onnx_session, shipped_int8
 from emodetect.models.fuse import MirrorAveraged, fuse
 from emodetect.models.predict import softmax
-from emodetect.runs import load_splits
+from emodetect.runs import calibrated_int8, load_splits
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 DATA = [f"affectnet={SHARED / 'affectnet' / 'affectnet-training-data.zip'}", f"fer2013={SHARED / 'fer2013' / 'fer2013-train.zip'}"]
@@ -96,7 +96,7 @@ def main() -> None:
     for name in args.models.split(","):
         art = resolve_artifact(name)
         pre, mirror = art.preprocess, bool(art.meta.get("tta_flip"))
-        test = load_splits(data, DataConfig(), pre.mode, args.cache_dir, progress=False)[3]
+        _, train, _, test = load_splits(data, DataConfig(), pre.mode, args.cache_dir, progress=False)
         faces = to_uint8_input(test.images, pre)  # every backend gets these exact pixels
         onnx_bytes = export_onnx(art)
         runners = {"PyTorch": torch_runner(art.model, pre, mirror),
@@ -108,9 +108,7 @@ def main() -> None:
             runners["ONNX Runtime int8 (shipped)"] = onnx_runner(shipped)
             sizes["ONNX Runtime int8 (shipped)"] = len(shipped)
         elif args.int8:
-            _, tr, _, _ = load_splits(data, DataConfig(), pre.mode, args.cache_dir, progress=False)
-            pick = np.random.default_rng(0).choice(len(tr), 512, replace=False)
-            q = quantize_int8(onnx_bytes, to_uint8_input(tr.images[pick], pre))
+            q = calibrated_int8(art, onnx_bytes, train)
             runners["ONNX Runtime int8"] = onnx_runner(q)
             sizes["ONNX Runtime int8"] = len(q)
         for backend, run in runners.items():

@@ -287,15 +287,24 @@ def quantize_and_check(artifact, onnx_bytes: bytes, out, data, cache_dir=None, l
     return int8_check(artifact, onnx_bytes, out, tr, te, limit)
 
 
+def calibrated_int8(artifact, onnx_bytes: bytes, train: Dataset) -> bytes:
+    """The int8 graph of an exported network, calibrated on 512 train images drawn with seed 0 (the draw that
+    `ship --int8`, `export --int8` and bench_fast all use)."""
+    from emodetect.data.transforms import to_uint8_input
+    from emodetect.models.export import quantize_int8
+
+    pick = np.random.default_rng(0).choice(len(train), min(512, len(train)), replace=False)
+    return quantize_int8(onnx_bytes, to_uint8_input(train.images[pick], artifact.preprocess))
+
+
 def int8_check(artifact, onnx_bytes: bytes, out, train: Dataset, test: Dataset, limit: float = 0.005,
                stamp: bool = False) -> dict:  # fmt: skip
     """`quantize_and_check` on given splits. With `stamp` the graph records the SHA-256 of the weights it was made
     from (`emodetect ship --int8`): a Predictor beside those weights then runs it (and no other graph)."""
     from emodetect.data.transforms import to_uint8_input
-    from emodetect.models.export import onnx_session, quantize_int8, weights_sha256, with_onnx_metadata
+    from emodetect.models.export import onnx_session, weights_sha256, with_onnx_metadata
 
-    pick = np.random.default_rng(0).choice(len(train), min(512, len(train)), replace=False)
-    quantized = quantize_int8(onnx_bytes, to_uint8_input(train.images[pick], artifact.preprocess))
+    quantized = calibrated_int8(artifact, onnx_bytes, train)
     if stamp:
         quantized = with_onnx_metadata(quantized, {"weights_sha256": weights_sha256(artifact.model)})
     x = to_uint8_input(test.images, artifact.preprocess)
