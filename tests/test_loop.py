@@ -26,6 +26,15 @@ def _splits(ds):
     return ds.subset("train"), ds.subset("val")
 
 
+def _tiny_model_file(tr, va, path, epochs: int = 1):
+    """A tiny network fitted on the tiny splits and saved as a model file; (network, path)."""
+    from emodetect.models.artifact import save_network
+
+    model, _, _ = fit(replace(TINY, epochs=epochs), tr, va, progress=False, log=lambda m: None)
+    return model, save_network(path, model, "tiny", resolve_model_config("tiny").preprocess, {"tta_flip": False},
+                               {"width": 8})  # fmt: skip
+
+
 def test_two_epochs_run_and_the_training_loss_falls(tiny_dataset):
     tr, va = _splits(tiny_dataset)
     model, history, info = fit(replace(TINY, epochs=4), tr, va, progress=False, log=lambda m: None)
@@ -300,12 +309,8 @@ def test_the_distillation_loss_equals_a_hand_computation():
 
 
 def test_a_student_distils_from_a_teacher_file(tiny_dataset, tmp_path):
-    from emodetect.models.artifact import save_network
-
     tr, va = _splits(tiny_dataset)
-    teacher_model, _, _ = fit(replace(TINY, epochs=2), tr, va, progress=False, log=lambda m: None)
-    path = save_network(tmp_path / "teacher.safetensors", teacher_model, "tiny", resolve_model_config("tiny").preprocess,
-                        {"tta_flip": False}, {"width": 8})  # fmt: skip
+    _, path = _tiny_model_file(tr, va, tmp_path / "teacher.safetensors", epochs=2)
     logs = []
     student = replace(TINY, epochs=2, teacher=str(path), model_kwargs={"width": 4})
     _, history, _ = fit(student, tr, va, tmp_path / "student", progress=False, log=logs.append)
@@ -317,13 +322,10 @@ def test_a_student_distils_from_a_teacher_file(tiny_dataset, tmp_path):
 
 
 def test_an_online_teacher_scores_every_augmented_batch_at_its_own_size(tiny_dataset, tmp_path, monkeypatch):
-    from emodetect.models.artifact import save_network
     from emodetect.training import loop
 
     tr, va = _splits(tiny_dataset)
-    teacher_model, _, _ = fit(replace(TINY, epochs=1), tr, va, progress=False, log=lambda m: None)
-    path = save_network(tmp_path / "teacher.safetensors", teacher_model, "tiny", resolve_model_config("tiny").preprocess,
-                        {"tta_flip": False}, {"width": 8})  # fmt: skip
+    _, path = _tiny_model_file(tr, va, tmp_path / "teacher.safetensors")
     seen, call = [], loop.OnlineTeacher.__call__
 
     def spy(self, x):
@@ -382,14 +384,11 @@ def test_a_cut_network_starts_from_a_model_files_shared_layers_and_keeps_its_own
 
 
 def test_training_from_a_model_file_starts_at_its_weights_and_refuses_one_with_nothing_in_common(tiny_dataset, tmp_path):
-    from emodetect.models.artifact import save_network
     from emodetect.models.registry import create_model
     from emodetect.training.loop import init_from
 
     tr, va = _splits(tiny_dataset)
-    source, _, _ = fit(replace(TINY, epochs=1), tr, va, progress=False, log=lambda m: None)
-    path = save_network(tmp_path / "tiny.safetensors", source, "tiny", resolve_model_config("tiny").preprocess,
-                        {"tta_flip": False}, {"width": 8})  # fmt: skip
+    source, path = _tiny_model_file(tr, va, tmp_path / "tiny.safetensors")
     logs = []
     model, _, _ = fit(replace(TINY, epochs=1, lr=0.0, weight_decay=0.0, init_from=str(path)), tr, va, progress=False,
                       log=logs.append)  # fmt: skip
