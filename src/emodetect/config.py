@@ -153,8 +153,9 @@ class TrainConfig:
     # augmented batch the student sees (the same view, at the teacher's own size: sizes in `augment`, such as
     # blur_sigma, are then in the teacher's pixels): consistent targets, one teacher forward pass more per batch
     distill_views: str = "clean"
-    # start from this model's weights ("default", a model file or a run folder) wherever a weight of the same name
-    # and shape exists (a network cut from the same backbone takes its trained blocks); the rest as built
+    # start from this model's weights ("default", a model file or a run folder) for every layer whose weights all
+    # have the same names and shapes in it (a network cut from the same backbone takes its trained blocks whole);
+    # the rest as built (training.loop.init_from)
     init_from: str | None = None
 
     def __post_init__(self):
