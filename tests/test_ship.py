@@ -103,7 +103,7 @@ def test_ship_int8_keeps_a_graph_of_these_weights_that_load_model_runs(tmp_path,
 
     import emodetect.ship as ship_module
     from emodetect.models.export import onnx_session, read_onnx_metadata, weights_sha256
-    from emodetect.runs import int8_check, train
+    from emodetect.runs import int8_check, load_run, train
 
     data = tiny_dataset.info["source"]
     cache = tiny_dataset.info["cache"].rsplit("/", 1)[0]
@@ -124,6 +124,13 @@ def test_ship_int8_keeps_a_graph_of_these_weights_that_load_model_runs(tmp_path,
     assert np.abs(p8 - Predictor(model.artifact, backend="onnx").predict_proba(faces)).max() < 0.05
     text = (weights / "MODEL_CARD.md").read_text()
     assert "an int8 ONNX graph of them" in text and "through the int8 graph in ONNX Runtime" in text
+    assert "kept because on the validation split" in text
+    # kept or not is decided on the validation split; the test split's change is only reported
+    q = card["int8"]
+    _, _, val, test = load_run(tmp_path / "run").load_splits(cache_dir=cache)
+    assert (q["n_val_images"], q["n_images"]) == (len(val), len(test))
+    val_fp16 = Predictor(model.artifact, backend="onnx").predict(val.images)
+    assert q["val_fp32_accuracy"] == float((val_fp16 == val.labels).mean())
 
     monkeypatch.setattr(ship_module, "int8_check", functools.partial(int8_check, limit=-1.0))  # never kept
     card = ship(tmp_path / "run", weights, cache_dir=cache, int8=True, log=lambda m: None)

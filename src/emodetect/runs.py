@@ -281,10 +281,11 @@ def environment() -> dict:
 
 def quantize_and_check(artifact, onnx_bytes: bytes, out, data, cache_dir=None, limit: float = 0.005) -> dict:
     """An int8 copy of an exported network, calibrated on 512 train images of `data`; kept at `out` only when its
-    test accuracy is at most `limit` below the fp32 graph's (both measured here, through ONNX Runtime)."""
+    validation accuracy is at most `limit` below the fp32 graph's (both measured here, through ONNX Runtime; the
+    test split's change is reported beside it, not used to decide)."""
     data_cfg = DataConfig(**artifact.meta.get("data", {}))
-    _, tr, _, te = load_splits(data, data_cfg, artifact.preprocess.mode, cache_dir, progress=False)
-    return int8_check(artifact, onnx_bytes, out, tr, te, limit)
+    _, tr, va, te = load_splits(data, data_cfg, artifact.preprocess.mode, cache_dir, progress=False)
+    return int8_check(artifact, onnx_bytes, out, tr, va, te, limit)
 
 
 def calibrated_int8(artifact, onnx_bytes: bytes, train: Dataset) -> bytes:
@@ -297,25 +298,31 @@ def calibrated_int8(artifact, onnx_bytes: bytes, train: Dataset) -> bytes:
     return quantize_int8(onnx_bytes, to_uint8_input(train.images[pick], artifact.preprocess))
 
 
-def int8_check(artifact, onnx_bytes: bytes, out, train: Dataset, test: Dataset, limit: float = 0.005,
+def int8_check(artifact, onnx_bytes: bytes, out, train: Dataset, val: Dataset, test: Dataset, limit: float = 0.005,
                stamp: bool = False) -> dict:  # fmt: skip
-    """`quantize_and_check` on given splits. With `stamp` the graph records the SHA-256 of the weights it was made
-    from (`emodetect ship --int8`): a Predictor beside those weights then runs it (and no other graph)."""
+    """`quantize_and_check` on given splits: kept when the validation accuracy falls by at most `limit`; the test
+    split's accuracies are measured for the record. With `stamp` the graph records the SHA-256 of the weights it
+    was made from (`emodetect ship --int8`): a Predictor beside those weights then runs it (and no other graph)."""
     from emodetect.data.transforms import to_uint8_input
     from emodetect.models.export import onnx_session, weights_sha256, with_onnx_metadata
 
     quantized = calibrated_int8(artifact, onnx_bytes, train)
     if stamp:
         quantized = with_onnx_metadata(quantized, {"weights_sha256": weights_sha256(artifact.model)})
-    x = to_uint8_input(test.images, artifact.preprocess)
+    sessions = {"fp32": onnx_session(onnx_bytes), "int8": onnx_session(quantized)}
 
-    def accuracy(session) -> float:
-        proba = np.concatenate([session.run(["probabilities"], {"images": x[s : s + 256]})[0] for s in range(0, len(x), 256)])
-        return float((proba.argmax(1) == test.labels).mean())
+    def accuracies(split: Dataset) -> dict:
+        x = to_uint8_input(split.images, artifact.preprocess)
+        acc = {}
+        for kind, session in sessions.items():
+            proba = np.concatenate([session.run(["probabilities"], {"images": x[i : i + 256]})[0] for i in range(0, len(x), 256)])
+            acc[kind] = float((proba.argmax(1) == split.labels).mean())
+        return acc
 
-    fp32, int8 = accuracy(onnx_session(onnx_bytes)), accuracy(onnx_session(quantized))
-    kept = fp32 - int8 <= limit
+    v, t = accuracies(val), accuracies(test)
+    kept = v["fp32"] - v["int8"] <= limit
     if kept:  # nothing is written (or overwritten) otherwise
         atomic_write(out, quantized)
-    return {"fp32_accuracy": fp32, "int8_accuracy": int8, "change": int8 - fp32, "kept": kept, "bytes": len(quantized),
-            "n_images": len(test), "limit": limit}  # fmt: skip
+    return {"val_fp32_accuracy": v["fp32"], "val_int8_accuracy": v["int8"], "val_change": v["int8"] - v["fp32"],
+            "fp32_accuracy": t["fp32"], "int8_accuracy": t["int8"], "change": t["int8"] - t["fp32"], "kept": kept,
+            "bytes": len(quantized), "n_images": len(test), "n_val_images": len(val), "limit": limit}  # fmt: skip
