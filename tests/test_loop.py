@@ -51,9 +51,10 @@ def test_early_stopping_fires_and_restores_the_best_weights(tiny_dataset):
     assert info["stopped_early"] and len(history) == 3 and info["best_epoch"] == 1
 
 
-def test_interrupted_run_resumes_bit_for_bit(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_interrupted_run_resumes_bit_for_bit(tiny_dataset, tmp_path, ema_decay):
     tr, va = _splits(tiny_dataset)
-    cfg = replace(TINY, epochs=3)
+    cfg = replace(TINY, epochs=3, ema_decay=ema_decay)
     full, full_hist, _ = fit(cfg, tr, va, tmp_path / "full", progress=False, log=lambda m: None)
 
     calls = {"n": 0}
@@ -118,6 +119,40 @@ def test_resume_refuses_a_different_config_or_a_missing_checkpoint(tiny_dataset,
         fit(replace(TINY, epochs=1, lr=0.1), tr, va, tmp_path, resume=True, progress=False, log=lambda m: None)
     with pytest.raises(EmodetectError, match="no checkpoint"):
         fit(TINY, tr, va, tmp_path / "none", resume=True, progress=False, log=lambda m: None)
+
+
+def test_the_weight_average_follows_timms_rule_and_copies_integer_buffers():
+    from emodetect.training.loop import WeightEma
+
+    net = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    ema = WeightEma(net, decay=0.5)
+    w = net[0].weight
+    avg = float(w.detach())
+    for step, value in enumerate([1.0, 2.0, 4.0], start=1):
+        with torch.no_grad():
+            w.fill_(value)
+        net[1].num_batches_tracked.fill_(7 * step)
+        ema.update(net)
+        d = min(0.5, (1 + step) / (10 + step))  # warm-up: 2/11 and 3/12, then the decay itself
+        avg = d * avg + (1 - d) * value
+        assert float(ema.module[0].weight) == pytest.approx(avg, abs=1e-6)
+        assert int(ema.module[1].num_batches_tracked) == 7 * step  # copied, not averaged
+    assert not ema.module.training and not ema.module[0].weight.requires_grad
+
+
+def test_a_run_with_a_weight_average_keeps_the_average(tiny_dataset, tmp_path):
+    tr, va = _splits(tiny_dataset)
+    model, history, _ = fit(replace(TINY, epochs=1, ema_decay=0.99), tr, va, tmp_path, progress=False,
+                            log=lambda m: None)  # fmt: skip
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ck["ema"]["updates"] == len(tr) // TINY.batch_size
+    kept, trained = ck["ema"]["weights"], ck["model"]
+    assert any(not torch.equal(kept[k], trained[k]) for k in kept)  # the average is not the last step's weights
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, kept[k], rtol=0, atol=0)
+    assert 0 <= history[0]["val_accuracy_unaveraged"] <= 1  # the network's own weights, for the record
+    with pytest.raises(EmodetectError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
 
 
 def test_class_weights_come_from_the_labels_given():

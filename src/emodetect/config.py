@@ -157,6 +157,10 @@ class TrainConfig:
     # have the same names and shapes in it (a network cut from the same backbone takes its trained blocks whole);
     # the rest as built (training.loop.init_from)
     init_from: str | None = None
+    # exponential moving average of the weights (and BatchNorm statistics), updated after every step with this
+    # decay (warmed up as timm does: min(decay, (1 + n) / (10 + n)) at update n); the average is what is
+    # evaluated, early-stopped and kept. 0 turns it off (training.loop.WeightEma)
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         o = "train"
@@ -198,6 +202,9 @@ class TrainConfig:
         _number(o, "distill_alpha", self.distill_alpha, 0, 1)
         _number(o, "distill_temperature", self.distill_temperature, 0, 100, lo_open=True)
         _choice(o, "distill_views", self.distill_views, ("clean", "augmented"))
+        _number(o, "ema_decay", self.ema_decay, 0, 1)
+        if self.ema_decay >= 1:
+            _fail(o, "ema_decay", "below 1 (0 turns it off)", self.ema_decay)
         if not isinstance(self.source_weights, dict):
             _fail(o, "source_weights", 'an object such as {"fer2013-train": 0.5}', self.source_weights)
         for name, factor in self.source_weights.items():

@@ -137,6 +137,9 @@ def curves(history: list[dict], *, title: str = ""):
     for ax, key in ((ax1, "loss"), (ax2, "accuracy")):
         ax.plot(ep, [h[f"train_{key}"] for h in history], label="train", marker=".")
         ax.plot(ep, [h[f"val_{key}"] for h in history], label="val", marker=".")
+        if key == "accuracy" and "val_accuracy_unaveraged" in history[0]:  # a run with a weight average (ema_decay)
+            ax.plot(ep, [h["val_accuracy_unaveraged"] for h in history], label="val, unaveraged weights",
+                    linestyle="--", color="gray")  # fmt: skip
         ax.set(xlabel="epoch", ylabel=key)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -101,7 +101,8 @@ def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, sched
                     pre: Preprocess, aug: Augment, generator: torch.Generator, weight=None,
                     sample_p: torch.Tensor | None = None, progress: bool = False, desc: str = "train",
                     channels_last: bool = False, class_mask: torch.Tensor | None = None,
-                    teacher_logits: torch.Tensor | None = None, teacher: OnlineTeacher | None = None) -> dict:  # fmt: skip
+                    teacher_logits: torch.Tensor | None = None, teacher: OnlineTeacher | None = None,
+                    ema: WeightEma | None = None) -> dict:  # fmt: skip
     """One pass over the training images (augmented on the fly); returns mean loss, accuracy and seconds.
 
     Distillation: `teacher_logits` are soft targets fixed in advance (one row per training image); a `teacher`
@@ -148,6 +149,8 @@ def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, sched
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update(model)
         if scheduler is not None and cfg.schedule in ("cosine", "onecycle"):
             scheduler.step()
         total_loss += loss.item() * len(idx)
@@ -156,6 +159,35 @@ def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, sched
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
     bar.close()
     return {"loss": total_loss / seen, "accuracy": correct / seen, "seconds": time.perf_counter() - t0}
+
+
+class WeightEma:
+    """An exponential moving average of a network's weights and BatchNorm statistics, updated after every
+    optimiser step (timm's ModelEmaV3 rule, warm-up included: the decay at update n is min(decay, (1 + n) /
+    (10 + n)), so the first updates follow the network closely). `module` is the averaged network, in eval
+    mode; integer buffers (BatchNorm's batch counter) are copied, not averaged."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, now in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
+            if avg.is_floating_point():
+                avg.lerp_(now.detach(), 1 - d)
+            else:
+                avg.copy_(now)
+
+    def state_dict(self) -> dict:
+        return {"weights": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["weights"])
+        self.updates = int(state["updates"])
 
 
 class OnlineTeacher:
@@ -320,13 +352,14 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     steps = len(y_train) // cfg.batch_size if len(y_train) >= cfg.batch_size else 1
     optimizer = _make_optimizer(model, cfg)
     scheduler = _make_scheduler(optimizer, cfg, steps)
+    ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
     history: list[dict] = []
     best = {"score": -math.inf, "epoch": -1, "state": None}
     start_epoch = 0
     ckpt_path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     if resume:
-        history, start_epoch, best = _resume(ckpt_path, cfg, model, optimizer, scheduler, generator)
+        history, start_epoch, best = _resume(ckpt_path, cfg, model, optimizer, scheduler, generator, ema)
         log(f"resumed from epoch {start_epoch} ({ckpt_path})")
 
     stale = len(history) - 1 - best["epoch"] if history else 0
@@ -338,10 +371,15 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
             break
         tr = train_one_epoch(model, x_train, y_train, optimizer, scheduler, cfg, pre, aug, generator, weight,
                              sample_p, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", channels_last=channels_last,
-                             class_mask=mask_train, teacher_logits=teacher_logits, teacher=teacher)  # fmt: skip
+                             class_mask=mask_train, teacher_logits=teacher_logits, teacher=teacher,
+                             ema=ema)  # fmt: skip
         t0 = time.perf_counter()
-        va = evaluate_epoch(model, x_val, y_val, pre, weight=weight, bf16=cfg.bf16, tta_flip=cfg.tta_flip,
+        kept = model if ema is None else ema.module  # the weights that are evaluated, early-stopped and kept
+        va = evaluate_epoch(kept, x_val, y_val, pre, weight=weight, bf16=cfg.bf16, tta_flip=cfg.tta_flip,
                             class_mask=mask_val, sources=val.sources)  # fmt: skip
+        if ema is not None:  # the network's own weights too, for the record: what the average adds
+            va["accuracy_unaveraged"] = evaluate_epoch(model, x_val, y_val, pre, bf16=cfg.bf16, tta_flip=cfg.tta_flip,
+                                                       class_mask=mask_val)["accuracy"]  # fmt: skip
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": tr["loss"],
                "train_accuracy": tr["accuracy"], "val_loss": va["loss"], "val_accuracy": va["accuracy"],
                "val_macro_f1": va["macro_f1"], "seconds": tr["seconds"] + time.perf_counter() - t0,
@@ -350,7 +388,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
         if scheduler is not None and cfg.schedule == "plateau":
             scheduler.step(row[cfg.monitor])
         if row[cfg.monitor] > best["score"]:
-            best = {"score": row[cfg.monitor], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            best = {"score": row[cfg.monitor], "epoch": epoch, "state": copy.deepcopy(kept.state_dict())}
             stale = 0
         else:
             stale += 1
@@ -359,7 +397,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
             f"val_loss {va['loss']:.4f}  val_acc {va['accuracy']:.4f}  val_f1 {va['macro_f1']:.4f}{per_source}  "
             f"{row['seconds']:.0f}s" + ("  *" if stale == 0 else ""))  # fmt: skip
         if ckpt_path is not None:
-            _save_checkpoint(ckpt_path, model, optimizer, scheduler, generator, history, epoch, best, cfg)
+            _save_checkpoint(ckpt_path, model, optimizer, scheduler, generator, history, epoch, best, cfg, ema)
     if stale >= cfg.patience:
         log(f"early stopping: no {cfg.monitor} improvement for {cfg.patience} epochs; best epoch {best['epoch'] + 1}")
     if best["state"] is not None:
@@ -472,7 +510,7 @@ def _stop_epoch(history: list[dict], monitor: str, patience: int) -> int | None:
     return None
 
 
-def _resume(ckpt_path: Path | None, cfg: TrainConfig, model, optimizer, scheduler, generator):
+def _resume(ckpt_path: Path | None, cfg: TrainConfig, model, optimizer, scheduler, generator, ema=None):
     """Restore everything a checkpoint holds; returns (history, first epoch to run, best so far)."""
     if ckpt_path is None or not ckpt_path.exists():
         raise EmodetectError(f"--resume: no checkpoint at {ckpt_path}")
@@ -490,6 +528,8 @@ def _resume(ckpt_path: Path | None, cfg: TrainConfig, model, optimizer, schedule
         optimizer.load_state_dict(ck["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(ck["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
         torch.set_rng_state(ck["torch_rng"])
         generator.set_state(ck["generator"])
         history, epoch, best_epoch = list(ck["history"]), int(ck["epoch"]), int(ck["best_epoch"])
@@ -528,13 +568,14 @@ def checkpoint_config(path) -> dict | None:
     return None if ck is None else ck["config"]
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, generator, history, epoch, best, cfg) -> None:
+def _save_checkpoint(path: Path, model, optimizer, scheduler, generator, history, epoch, best, cfg,
+                     ema: WeightEma | None = None) -> None:  # fmt: skip
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "torch_rng": torch.get_rng_state(), "generator": generator.get_state(), "history": history,
         "epoch": epoch, "best_score": best["score"], "best_epoch": best["epoch"], "best_state": best["state"],
-        "config": json.loads(json.dumps(asdict(cfg))),
+        "config": json.loads(json.dumps(asdict(cfg))), "ema": ema.state_dict() if ema is not None else None,
     }  # fmt: skip
     atomic_write(path, lambda f: torch.save(state, f))
 
