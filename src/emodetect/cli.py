@@ -242,7 +242,7 @@ def cmd_export(args) -> int:
         raise EmodetectError(f"--onnx must name an .onnx file, got {args.onnx}")
     if args.int8 is not None and args.data is None:
         raise EmodetectError("--int8 needs --data: the quantised copy is calibrated on it and kept only if it costs at "
-                             "most 0.5 points of test accuracy")  # fmt: skip
+                             "most 0.5 points of validation accuracy")  # fmt: skip
     if args.int8 is not None and args.int8.resolve() == args.onnx.resolve():
         raise EmodetectError("--int8 must name another file than --onnx (the int8 copy is deleted when it is not kept)")
     for target in (args.onnx, args.int8):
@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", type=Path, default=None, metavar="OUT.onnx",
                    help="also a statically quantised int8 copy, kept only if it loses <= 0.5 points (needs --data)")  # fmt: skip
     p.add_argument("--data", action="append", default=None, metavar="[NAME=]DATA",
-                   help="dataset for int8 calibration (train split) and its accuracy check (test split)")  # fmt: skip
+                   help="dataset for int8 calibration (train split) and its accuracy check (validation split; the test change is printed)")  # fmt: skip
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=cmd_export)
 
@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help="dataset (default: the one the run was trained on)")
     p.add_argument("--command-note", default=None, metavar="TEXT", help="the training command, quoted in the model card")
     p.add_argument("--int8", action="store_true", help="also an int8 ONNX graph beside the weights, which load_model "
-                   "then runs (with onnxruntime); kept only if it loses <= 0.5 points of test accuracy")  # fmt: skip
+                   "then runs (with onnxruntime); kept only if it loses <= 0.5 points of validation accuracy")  # fmt: skip
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=cmd_ship)
     return parser

@@ -74,7 +74,7 @@ class Predictor:
     static padding, the mirror average as one batch of 2N: the same outputs within 1e-5, faster), "onnx"
     (the exported graph in ONNX Runtime; the same within 1e-4), "int8" (the statically quantised graph that
     ships beside the model file, `emodetect ship --int8`, made from these very weights and kept only when it
-    lost at most 0.5 points of test accuracy; close to, not equal to, the float outputs) or "auto": with
+    lost at most 0.5 points of validation accuracy; close to, not equal to, the float outputs) or "auto": with
     onnxruntime installed "int8" where such a graph ships, else "onnx" (the fastest here;
     bench/bench_fast.py); without it "fused". The caller's model is never changed.
     """
