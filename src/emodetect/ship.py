@@ -3,9 +3,10 @@
 Writes `weights/<name>.safetensors` (float16 weights, the run's description and temperature) and its model
 card; with `int8`, also `weights/<name>.int8.onnx`, a statically quantised graph of those weights that
 `Predictor` prefers when onnxruntime is installed, kept only when it loses at most 0.5 points of validation
-accuracy (the test split's change is reported, never used to choose). Every number in the card is measured on the shipped files themselves, as `load_model` runs them,
-on the stored test split of the data the run was trained on, and every sentence is derived from the file's
-metadata, the registry and the machine the run recorded, never written for one particular model.
+accuracy (the test split's change is reported, never used to choose). Every number in the card is measured on
+the shipped files themselves, as `load_model` runs them, on the stored test split of the data the run was
+trained on, and every sentence is derived from the file's metadata, the registry and the machine the run
+recorded, never written for one particular model.
 """
 
 from __future__ import annotations
