@@ -23,15 +23,16 @@ def _fail(owner: str, name: str, rule: str, value) -> None:
     raise EmodetectError(f"{owner} option {name} must be {rule}, got {value!r}")
 
 
-def _number(owner, name, v, lo=-math.inf, hi=math.inf, lo_open=False) -> None:
+def _number(owner, name, v, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False) -> None:
     try:
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     except OverflowError:  # an integer too large for a float
         ok = False
-    ok = ok and (v > lo if lo_open else v >= lo) and v <= hi
+    ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
     if not ok:
         low = f"> {lo:g}" if lo_open else f">= {lo:g}"
-        _fail(owner, name, f"a number {low}" + (f" and <= {hi:g}" if hi < math.inf else ""), v)
+        high = f" and < {hi:g}" if hi_open else f" and <= {hi:g}" if hi < math.inf else ""
+        _fail(owner, name, f"a number {low}{high}", v)
 
 
 def _integer(owner, name, v, lo=0, hi=2**31, none_ok=False) -> None:
@@ -176,9 +177,7 @@ class TrainConfig:
         _number(o, "weight_decay", self.weight_decay, 0, 10)
         _choice(o, "schedule", self.schedule, SCHEDULES)
         _number(o, "warmup_epochs", self.warmup_epochs, 0, 10_000)
-        _number(o, "label_smoothing", self.label_smoothing, 0, 1)
-        if self.label_smoothing >= 1:
-            _fail(o, "label_smoothing", "below 1", self.label_smoothing)
+        _number(o, "label_smoothing", self.label_smoothing, 0, 1, hi_open=True)
         _number(o, "mixup", self.mixup, 0, 100)
         _integer(o, "patience", self.patience, lo=1, hi=10_000)
         _choice(o, "monitor", self.monitor, MONITORS)
@@ -202,9 +201,7 @@ class TrainConfig:
         _number(o, "distill_alpha", self.distill_alpha, 0, 1)
         _number(o, "distill_temperature", self.distill_temperature, 0, 100, lo_open=True)
         _choice(o, "distill_views", self.distill_views, ("clean", "augmented"))
-        _number(o, "ema_decay", self.ema_decay, 0, 1)
-        if self.ema_decay >= 1:
-            _fail(o, "ema_decay", "below 1 (0 turns it off)", self.ema_decay)
+        _number(o, "ema_decay", self.ema_decay, 0, 1, hi_open=True)  # 0 turns it off
         if not isinstance(self.source_weights, dict):
             _fail(o, "source_weights", 'an object such as {"fer2013-train": 0.5}', self.source_weights)
         for name, factor in self.source_weights.items():
