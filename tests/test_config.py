@@ -22,6 +22,10 @@ from emodetect.errors import EmodetectError
     ({"augment": {"rotation": "lots"}}, "rotation"),
     ({"augment": {"spin": 3}}, "unknown augment option"),
     ({"augment": {"zoom": [1.2, 0.9]}}, "low <= high"),
+    ({"augment_by_source": [1]}, "augment_by_source must be an object"),
+    ({"augment_by_source": {"fer": {"jpg": 0}}}, r"unknown augment_by_source\['fer'\] option"),
+    ({"augment_by_source": {"fer": {"jpeg": 2}}}, "jpeg must be a number"),
+    ({"augment_by_source": {"fer": 0}}, "options must be an object"),
     ({"bf16": "yes"}, "true or false"),
     ({"image_size": 30000}, "image_size"),
     ({"nonsense": 1}, "unknown TrainConfig option"),
@@ -29,6 +33,14 @@ from emodetect.errors import EmodetectError
 def test_bad_training_options_are_refused(override, message):
     with pytest.raises(EmodetectError, match=message):
         merge(TrainConfig(model="tiny"), override)
+
+
+def test_per_dataset_augmentation_keeps_only_its_overrides_on_top_of_augment():
+    cfg = merge(TrainConfig(model="tiny"), {"augment": {"jpeg": 0.5, "blur": 0.2},
+                                            "augment_by_source": {"fer": {"jpeg": 0, "lowres_px": [20, 40]}}})
+    assert cfg.augment_by_source == {"fer": {"jpeg": 0, "lowres_px": (20, 40)}}
+    fer, other = cfg.augmentation_for("fer"), cfg.augmentation_for("affectnet")
+    assert (fer.jpeg, fer.blur, fer.lowres_px) == (0, 0.2, (20, 40)) and other == cfg.augmentation()
 
 
 def test_aliases_are_resolved_where_classes_are_named():

@@ -315,12 +315,13 @@ def test_training_on_two_datasets_with_different_classes(tmp_path):
 
     _, tr, va, _ = load_splits(data, DataConfig(), "gray", cache_dir=tmp_path / "c", progress=False)
     cfg = resolve_model_config("tiny", {"epochs": 2, "batch_size": 16, "warmup_epochs": 0, "channels_last": False,
-                                        "source_weights": {"fer": 0.5}})  # fmt: skip
+                                        "source_weights": {"fer": 0.5},
+                                        "augment_by_source": {"fer": {"jpeg": 0, "lowres": 0}}})  # fmt: skip
     r = fit_network(cfg, tr, va, progress=False, log=lambda m: None)
     assert {"val_accuracy_full", "val_accuracy_fer"} <= set(r.history[-1])
-    bad = resolve_model_config("tiny", {"epochs": 1, "source_weights": {"affectnet": 2}})
-    with pytest.raises(EmodetectError, match="unknown dataset"):
-        fit_network(bad, tr, va, progress=False, log=lambda m: None)
+    for bad in ({"source_weights": {"affectnet": 2}}, {"augment_by_source": {"affectnet": {"jpeg": 0}}}):
+        with pytest.raises(EmodetectError, match="unknown dataset"):
+            fit_network(resolve_model_config("tiny", {"epochs": 1, **bad}), tr, va, progress=False, log=lambda m: None)
 
 
 def test_the_distillation_loss_equals_a_hand_computation():

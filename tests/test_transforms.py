@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from emodetect.config import Augment
-from emodetect.data.transforms import CORRUPTIONS, Preprocess, augment_batch, corrupt, gaussian_blur, to_model_input
+from emodetect.data.transforms import (
+    CORRUPTIONS,
+    Preprocess,
+    augment_batch,
+    augment_groups,
+    corrupt,
+    gaussian_blur,
+    to_model_input,
+)
 
 RGB112 = Preprocess(size=112, mode="rgb", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 STILL = dict(rotation=0, zoom=(1, 1), shift=0, flip=0, brightness=0, contrast=0)  # geometry and colour off
@@ -58,6 +66,20 @@ def test_augmentations_off_draw_the_same_random_numbers_as_before_they_existed()
     b = augment_batch(x, RGB112, Augment(grayscale=0, lowres=0, jpeg=0, blur=0, saturation=0),
                       torch.Generator().manual_seed(3))  # fmt: skip
     torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_each_group_of_images_gets_its_own_augmentation_in_its_own_place():
+    x = _faces(8)
+    group = torch.tensor([1, 0, 0, 1, 1, 0, 1, 0])
+    shortcuts = Augment(**STILL, jpeg=1.0, lowres=1.0, blur=1.0)
+    augs = [shortcuts, Augment(**STILL)]  # group 1: geometry and colour off too, so its rows are the clean input
+    out = augment_groups(x, RGB112, augs, group, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out[group == 1], to_model_input(x[group == 1], RGB112), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out[group == 0], augment_batch(x[group == 0], RGB112, shortcuts,
+                                                              torch.Generator().manual_seed(0)))  # fmt: skip
+    assert not torch.allclose(out[group == 0], to_model_input(x[group == 0], RGB112), atol=1e-3)
+    same = augment_groups(x, RGB112, [Augment()], None, torch.Generator().manual_seed(4))  # no groups: augment_batch
+    torch.testing.assert_close(same, augment_batch(x, RGB112, Augment(), torch.Generator().manual_seed(4)))
 
 
 @pytest.mark.parametrize("name", list(CORRUPTIONS))

@@ -141,6 +141,10 @@ class TrainConfig:
     oversample: dict = field(default_factory=dict)  # class name -> sampling factor (>1 shows it more often)
     source_weights: dict = field(default_factory=dict)  # dataset name -> sampling factor of its images
     augment: dict = field(default_factory=lambda: asdict(Augment()))
+    # dataset name -> augment options that differ for its images, on top of `augment` (for example
+    # {"fer2013": {"jpeg": 0, "lowres": 0, "blur": 0}}: faces already small, gray and compressed are not degraded
+    # further); each dataset's images are augmented with their own settings within a batch
+    augment_by_source: dict = field(default_factory=dict)
     patience: int = 8  # early stopping: epochs without improvement of `monitor`
     monitor: str = "val_accuracy"
     seed: int = 0
@@ -209,9 +213,20 @@ class TrainConfig:
         if not isinstance(self.augment, dict):
             _fail(o, "augment", "an object of augmentation settings", self.augment)
         object.__setattr__(self, "augment", asdict(Augment.from_dict(self.augment)))
+        if not isinstance(self.augment_by_source, dict):
+            _fail(o, "augment_by_source", 'an object such as {"fer2013": {"jpeg": 0}}', self.augment_by_source)
+        by_source = {}
+        for name, d in self.augment_by_source.items():  # the overrides only, checked and normalised
+            full = asdict(Augment(**merge_dict(self.augment, d, f"augment_by_source[{name!r}]")))
+            by_source[str(name)] = {k: full[k] for k in d}
+        object.__setattr__(self, "augment_by_source", by_source)
 
     def augmentation(self) -> Augment:
         return Augment(**self.augment)
+
+    def augmentation_for(self, source: str) -> Augment:
+        """The augmentation of one dataset's images: `augment` with that dataset's `augment_by_source` on top."""
+        return Augment(**{**self.augment, **self.augment_by_source.get(source, {})})
 
 
 def merge_dict(base: dict, overrides: dict, owner: str) -> dict:

@@ -8,6 +8,7 @@ nothing else resizes, converts colour or normalises. Augmentation runs on whole 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -239,6 +240,24 @@ def augment_batch(
     if aug.erase:
         x = _erase(x, aug.erase, generator)
     return normalize(x, pre)
+
+
+def augment_groups(
+    x_uint8: torch.Tensor, pre: Preprocess, augs: Sequence[Augment], group: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """`augment_batch` with `augs[group[i]]` for image i: one call per group present, in group order, each
+    output row in its input's place. `group` None: `augs[0]` for every image (the draws of `augment_batch`)."""
+    if group is None:
+        return augment_batch(x_uint8, pre, augs[0], generator)
+    out = None
+    for g in torch.unique(group).tolist():
+        idx = torch.nonzero(group == g).flatten()
+        part = augment_batch(x_uint8[idx], pre, augs[g], generator)
+        if out is None:
+            out = part.new_empty((len(group), *part.shape[1:]))
+        out[idx] = part
+    return out
 
 
 def _affine(x: torch.Tensor, size: int, aug: Augment, generator) -> torch.Tensor:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from emodetect.config import Augment, TrainConfig
 from emodetect.data.dataset import Dataset
-from emodetect.data.transforms import Preprocess, augment_batch, reframe, to_uint8_tensor
+from emodetect.data.transforms import Preprocess, augment_groups, reframe, to_uint8_tensor
 from emodetect.errors import EmodetectError
 from emodetect.files import atomic_write, is_regular_file
 from emodetect.labels import CLASSES, label_to_index
@@ -98,12 +98,15 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torc
 
 
 def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, scheduler, cfg: TrainConfig,
-                    pre: Preprocess, aug: Augment, generator: torch.Generator, weight=None,
+                    pre: Preprocess, aug: Augment | list[Augment], generator: torch.Generator, weight=None,
                     sample_p: torch.Tensor | None = None, progress: bool = False, desc: str = "train",
                     channels_last: bool = False, class_mask: torch.Tensor | None = None,
                     teacher_logits: torch.Tensor | None = None, teacher: OnlineTeacher | None = None,
-                    ema: WeightEma | None = None) -> dict:  # fmt: skip
+                    ema: WeightEma | None = None, aug_group: torch.Tensor | None = None) -> dict:  # fmt: skip
     """One pass over the training images (augmented on the fly); returns mean loss, accuracy and seconds.
+
+    `aug` is one augmentation for every image, or a list of them with `aug_group` giving each image's index in it
+    (per-dataset settings, `augment_by_source`).
 
     Distillation: `teacher_logits` are soft targets fixed in advance (one row per training image); a `teacher`
     instead scores each augmented (and mixed) batch at its own input size, and the student gets the same
@@ -120,7 +123,9 @@ def train_one_epoch(model, x_u8: torch.Tensor, y: torch.Tensor, optimizer, sched
     l2 = cfg.weight_decay if cfg.optimizer == "adam" else 0.0
     for b in bar:
         idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-        x = augment_batch(x_u8[idx], teacher.pre if teacher is not None else pre, aug, generator)
+        x = augment_groups(x_u8[idx], teacher.pre if teacher is not None else pre,
+                           aug if isinstance(aug, list) else [aug], None if aug_group is None else aug_group[idx],
+                           generator)  # fmt: skip
         target = y[idx]
         lam, perm = 1.0, None
         if cfg.mixup > 0:
@@ -291,6 +296,19 @@ def _sampling_probabilities(labels: np.ndarray, sources: np.ndarray, oversample:
     return torch.tensor(p / p.sum(), dtype=torch.float64)
 
 
+def _source_augmentations(cfg: TrainConfig, sources: np.ndarray) -> tuple[Augment | list[Augment], torch.Tensor | None]:
+    """The augmentation (no per-dataset settings), or one per dataset and each image's index into that list."""
+    if not cfg.augment_by_source:
+        return cfg.augmentation(), None
+    names = list(dict.fromkeys(sources.tolist()))
+    unknown = set(cfg.augment_by_source) - set(names)
+    if unknown:
+        raise EmodetectError(f"augment_by_source names unknown dataset(s) {sorted(unknown)}; the datasets are "
+                             f"{', '.join(names)}")  # fmt: skip
+    code = {s: i for i, s in enumerate(names)}
+    return [cfg.augmentation_for(s) for s in names], torch.tensor([code[s] for s in sources.tolist()])
+
+
 def prior_offsets(labels: np.ndarray, weight: torch.Tensor | None, factors: np.ndarray | None = None,
                   n_classes: int = len(CLASSES)) -> np.ndarray:  # fmt: skip
     """Offsets that turn a network fitted with class weights (and class sampling factors) into an estimate of
@@ -333,7 +351,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     pre = model_cfg.preprocess
-    aug = cfg.augmentation()
+    aug, aug_group = _source_augmentations(cfg, train.sources)
     model = create_model(cfg.model, num_classes=len(CLASSES), **cfg.model_kwargs)
     if cfg.init_from and not resume:  # a resumed run's weights come from its checkpoint
         log(f"initialised from {cfg.init_from}: {init_from(model, cfg.init_from)} weights")
@@ -372,7 +390,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
         tr = train_one_epoch(model, x_train, y_train, optimizer, scheduler, cfg, pre, aug, generator, weight,
                              sample_p, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", channels_last=channels_last,
                              class_mask=mask_train, teacher_logits=teacher_logits, teacher=teacher,
-                             ema=ema)  # fmt: skip
+                             ema=ema, aug_group=aug_group)  # fmt: skip
         t0 = time.perf_counter()
         kept = model if ema is None else ema.module  # the weights that are evaluated, early-stopped and kept
         va = evaluate_epoch(kept, x_val, y_val, pre, weight=weight, bf16=cfg.bf16, tta_flip=cfg.tta_flip,
