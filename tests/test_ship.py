@@ -38,14 +38,16 @@ def test_the_card_states_what_is_true_of_the_model_it_is_given(tmp_path, tiny_da
 
     data = tiny_dataset.info["source"]
     cache = tiny_dataset.info["cache"].rsplit("/", 1)[0]
+    source = str(tiny_dataset.sources[0])
     params = {"epochs": 2, "batch_size": 16, "warmup_epochs": 0, "tta_flip": False, "seed": 7, "patience": 3,
-              "monitor": "val_macro_f1"}  # fmt: skip
+              "monitor": "val_macro_f1", "augment_by_source": {source: {"jpeg": 0.25}}}  # fmt: skip
     train("tiny", data, tmp_path / "run", params=params, cache_dir=cache, progress=False, log=lambda m: None)
     ship(tmp_path / "run", tmp_path / "w", cache_dir=cache, log=lambda m: None)
     text = (tmp_path / "w" / "MODEL_CARD.md").read_text()
     assert "resized to 32x32 GRAY" in text and "112" not in text.split("## Training")[0]
     assert "test-time augmentation: none" in text and "mirror" not in text
     assert "seed 7" in text and "early stopping on val macro f1 (patience 3)" in text
+    assert f"blur_sigma [0.5, 1.5]; on {source} images: jpeg 0.25" in text  # per-dataset augmentation stated
     assert "trained from scratch (no pretrained weights)" in text
     assert "Apache" not in text and "ImageNet" not in text  # EfficientNet's licence is not the tiny model's
     import os

@@ -196,6 +196,8 @@ def _training_section(c: dict) -> list[str]:
     if cfg.get("init_from"):
         start += f"; then every layer it shares with `{cfg['init_from']}` (same name and shape) taken from that model"
     aug = ", ".join(f"{k} {v}" for k, v in cfg.get("augment", {}).items())
+    aug += "".join(f"; on {name} images: " + ", ".join(f"{k} {v}" for k, v in d.items())
+                   for name, d in cfg.get("augment_by_source", {}).items())  # fmt: skip
     distilled = []
     if cfg.get("teacher"):
         views = "each clean train image, once" if cfg.get("distill_views", "clean") == "clean" else "every augmented batch"
