@@ -283,15 +283,21 @@ def class_factors(oversample: dict, n_classes: int = len(CLASSES)) -> np.ndarray
     return factors
 
 
+def _dataset_names(option: str, keyed: dict, sources: np.ndarray) -> list[str]:
+    """The datasets of `sources` in order of appearance; an `option` keyed by a dataset not among them is an error."""
+    names = list(dict.fromkeys(sources.tolist()))
+    unknown = set(keyed) - set(names)
+    if unknown:
+        raise EmodetectError(f"{option} names unknown dataset(s) {sorted(unknown)}; the datasets are {', '.join(names)}")
+    return names
+
+
 def _sampling_probabilities(labels: np.ndarray, sources: np.ndarray, oversample: dict,
                             source_weights: dict) -> torch.Tensor | None:  # fmt: skip
     """Per-image draw probabilities from class factors and dataset factors (None: every image once per epoch)."""
     if not oversample and not source_weights:
         return None
-    unknown = set(source_weights) - set(sources.tolist())
-    if unknown:
-        raise EmodetectError(f"source_weights names unknown dataset(s) {sorted(unknown)}; the datasets are "
-                             f"{', '.join(dict.fromkeys(sources.tolist()))}")  # fmt: skip
+    _dataset_names("source_weights", source_weights, sources)
     p = class_factors(oversample)[labels] * np.array([float(source_weights.get(s, 1.0)) for s in sources])
     return torch.tensor(p / p.sum(), dtype=torch.float64)
 
@@ -300,11 +306,7 @@ def _source_augmentations(cfg: TrainConfig, sources: np.ndarray) -> tuple[Augmen
     """The augmentation (no per-dataset settings), or one per dataset and each image's index into that list."""
     if not cfg.augment_by_source:
         return cfg.augmentation(), None
-    names = list(dict.fromkeys(sources.tolist()))
-    unknown = set(cfg.augment_by_source) - set(names)
-    if unknown:
-        raise EmodetectError(f"augment_by_source names unknown dataset(s) {sorted(unknown)}; the datasets are "
-                             f"{', '.join(names)}")  # fmt: skip
+    names = _dataset_names("augment_by_source", cfg.augment_by_source, sources)
     code = {s: i for i, s in enumerate(names)}
     return [cfg.augmentation_for(s) for s in names], torch.tensor([code[s] for s in sources.tolist()])
 
