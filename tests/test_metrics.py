@@ -3,7 +3,7 @@ import pytest
 from sklearn import metrics as skm
 
 from emodetect.evaluation.calibration import fit_temperature, nll, reliability
-from emodetect.evaluation.metrics import classification_metrics, most_confused_pairs
+from emodetect.evaluation.metrics import accuracy_by_within_class, classification_metrics, most_confused_pairs
 
 
 def test_metrics_equal_sklearn_on_a_hand_made_case():
@@ -30,6 +30,17 @@ def test_predicted_but_absent_class_shows_in_confusion_not_in_macro():
     assert list(m["per_class"]) == ["happy", "neutral"]
     assert m["macro_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, labels=[4, 5], average="macro"))
     assert np.array(m["confusion_matrix"]).sum() == 4
+
+
+def test_accuracy_by_format_within_class_lists_only_classes_seen_in_two_formats():
+    # anger (0): 3 png (2 right), 4 jpeg (1 right); contempt (1): jpeg only; disgust (2): 3 png, 1 jpeg
+    labels = np.array([0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    keys = np.array(["png"] * 3 + ["jpeg"] * 4 + ["jpeg"] * 3 + ["png"] * 3 + ["jpeg"])
+    correct = np.array([1, 1, 0, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1], bool)
+    out = accuracy_by_within_class(correct, labels, keys, min_n=3)
+    assert out == {"anger": {"jpeg": {"accuracy": 0.25, "n": 4}, "png": {"accuracy": 2 / 3, "n": 3}}}
+    both = accuracy_by_within_class(correct, labels, keys, min_n=1)  # disgust's one jpeg image now counts
+    assert set(both) == {"anger", "disgust"} and both["disgust"]["jpeg"] == {"accuracy": 1.0, "n": 1}
 
 
 def test_most_confused_pairs():

@@ -56,6 +56,20 @@ def test_the_card_states_what_is_true_of_the_model_it_is_given(tmp_path, tiny_da
     assert "check the terms of your data" in text
 
 
+def test_the_card_states_accuracy_by_file_format_within_a_class():
+    from emodetect.ship import _limits_section
+
+    per_class = {"happy": {"f1": 0.9}, "contempt": {"f1": 0.4}, "fear": {"f1": 0.5}}
+    m = {"by_format": {"jpeg": {"accuracy": 0.58, "n": 1631}, "png": {"accuracy": 0.857, "n": 553}},
+         "by_format_within_class": {"contempt": {"jpeg": {"accuracy": 0.661, "n": 245}, "png": {"accuracy": 0.0, "n": 14}}},
+         "per_class": per_class}  # fmt: skip
+    text = "\n".join(_limits_section({"test": m, "preprocess": {"size": 112}}))
+    assert "a gap of 27.7 points" in text
+    assert "**Within one class**" in text and "contempt JPEG 66.1% (n=245), PNG 0.0% (n=14)" in text
+    del m["by_format_within_class"]  # a dataset whose classes each come in one format: no such line
+    assert "Within one class" not in "\n".join(_limits_section({"test": m, "preprocess": {"size": 112}}))
+
+
 @pytest.mark.real_data
 @pytest.mark.parametrize("name", ["default", "fast"])
 def test_shipped_models_classify_real_affectnet_and_fer2013_faces(name, real_zip, real_cache, real_fer_faces):

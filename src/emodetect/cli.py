@@ -174,6 +174,9 @@ def cmd_evaluate(args) -> int:
         if len(result["by_format"]) > 1:
             print("  by file format: " + ", ".join(f"{f} {v['accuracy']:.4f} (n={v['n']:,})"
                                                    for f, v in result["by_format"].items()))  # fmt: skip
+        for c, cells in result.get("by_format_within_class", {}).items():
+            print(f"  {c} by file format: " + ", ".join(f"{f} {v['accuracy']:.4f} (n={v['n']:,})"
+                                                        for f, v in cells.items()))  # fmt: skip
         for name, v in result.get("robustness", {}).items():
             change = v["accuracy"] - result["robustness"]["clean"]["accuracy"]
             print(f"  {name:<10} accuracy {v['accuracy']:.4f} ({100 * change:+.1f} points)")

@@ -283,6 +283,12 @@ def _limits_section(c: dict) -> list[str]:
                      + f", a gap of {100 * gap:.1f} points. In the AffectNet subset happy and neutral faces are almost "
                      "all PNG (FFHQ-derived) and anger, fear and sad all JPEG, so part of what a model learns there can be "
                      "the source rather than the expression.")  # fmt: skip
+        within = m.get("by_format_within_class", {})
+        if within:
+            lines.append("- **Within one class**, where the test split has at least 10 faces of each format, the format "
+                         "alone shows: " + "; ".join(f"{cl} " + ", ".join(f"{f.upper()} {_pct(v['accuracy'])} (n={v['n']:,})"
+                                                                       for f, v in cells.items())
+                                                     for cl, cells in within.items()) + ".")  # fmt: skip
     weakest = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:2]
     lines += ["- The test splits have their datasets' class mix; on data with another mix, accuracy differs.",
               "- The labels are noisy (annotators disagree on about a third of such faces). The weakest classes are "

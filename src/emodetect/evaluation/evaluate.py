@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emodetect.data.dataset import Dataset
-from emodetect.evaluation.metrics import accuracy_by, classification_metrics
+from emodetect.evaluation.metrics import accuracy_by, accuracy_by_within_class, classification_metrics
 from emodetect.models.predict import Predictor
 
 
@@ -16,17 +16,19 @@ from emodetect.models.predict import Predictor
 class Evaluation:
     """What scoring a model on some splits gives: metrics per split, the probabilities, inference speed."""
 
-    metrics: dict[str, dict]  # split -> classification_metrics + "by_source" + "by_format"
+    metrics: dict[str, dict]  # split -> classification_metrics + "by_source" + "by_format" (+ "_within_class")
     proba: dict[str, np.ndarray]  # split -> (N, K) calibrated probabilities in CLASSES order
     images_per_second: float | None = None
 
 
 def split_metrics(ds: Dataset, proba: np.ndarray) -> dict:
-    """Classification metrics of one split, plus accuracy per source dataset and per file format."""
+    """Classification metrics of one split, plus accuracy per source dataset, per file format, and per file format
+    within each class that has both (at least 10 images each)."""
     pred = proba.argmax(1)
     m = classification_metrics(ds.labels, pred)
     correct = pred == ds.labels
     m["by_format"] = accuracy_by(correct, ds.manifest["format"])
+    m["by_format_within_class"] = accuracy_by_within_class(correct, ds.labels, ds.manifest["format"])
     sources = ds.sources
     m["by_source"] = {s: classification_metrics(ds.labels[sources == s], pred[sources == s])
                       for s in dict.fromkeys(sources.tolist())}  # fmt: skip

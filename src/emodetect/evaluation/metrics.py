@@ -51,3 +51,23 @@ def accuracy_by(correct: np.ndarray, keys: np.ndarray) -> dict:
     correct, keys = np.asarray(correct, bool), np.asarray(keys)
     return {str(k): {"accuracy": float(correct[keys == k].mean()), "n": int((keys == k).sum())}
             for k in sorted(set(keys.tolist()))}  # fmt: skip
+
+
+def accuracy_by_within_class(correct: np.ndarray, labels: np.ndarray, keys: np.ndarray, min_n: int = 10) -> dict:
+    """Accuracy per value of `keys` within each class: class -> key -> {accuracy, n}, for the classes that have at
+    least `min_n` images under two or more keys (only those keys are listed).
+
+    Where the key goes with the class (in the AffectNet subset happy and neutral are nearly all PNG, anger, fear and
+    sad all JPEG), the overall accuracy per key mostly measures which classes each key holds; within one class it
+    measures what the key itself does to the model."""
+    correct, labels, keys = np.asarray(correct, bool), np.asarray(labels), np.asarray(keys)
+    out = {}
+    for c in sorted(set(labels.tolist())):
+        cells = {}
+        for k in sorted(set(keys[labels == c].tolist())):
+            sel = (labels == c) & (keys == k)
+            if sel.sum() >= max(min_n, 1):
+                cells[str(k)] = {"accuracy": float(correct[sel].mean()), "n": int(sel.sum())}
+        if len(cells) >= 2:
+            out[CLASSES[c]] = cells
+    return out
