@@ -75,7 +75,8 @@ def test_metrics_have_sources_formats_and_robustness(tiny_run):
     assert set(m["robustness"]) == {"clean", *CORRUPTIONS}
     assert m["robustness"]["clean"]["accuracy"] == pytest.approx(m["test"]["accuracy"])
     assert set(m["test"]["by_format"]) == {"jpeg", "png"} and list(m["test"]["by_source"]) == ["data"]
-    assert isinstance(m["test"]["by_format_within_class"], dict)  # its content: test_metrics
+    data = m["test"]["by_source"]["data"]  # per dataset too, with the formats within each class (test_metrics)
+    assert data["by_format"] == m["test"]["by_format"] and isinstance(data["by_format_within_class"], dict)
 
 
 def test_evaluate_corruptions_scores_each_corruption(tiny_run, capsys):

@@ -56,18 +56,24 @@ def test_the_card_states_what_is_true_of_the_model_it_is_given(tmp_path, tiny_da
     assert "check the terms of your data" in text
 
 
-def test_the_card_states_accuracy_by_file_format_within_a_class():
+def test_the_card_states_accuracy_by_file_format_per_dataset_and_within_a_class():
     from emodetect.ship import _limits_section
 
     per_class = {"happy": {"f1": 0.9}, "contempt": {"f1": 0.4}, "fear": {"f1": 0.5}}
-    m = {"by_format": {"jpeg": {"accuracy": 0.58, "n": 1631}, "png": {"accuracy": 0.857, "n": 553}},
-         "by_format_within_class": {"contempt": {"jpeg": {"accuracy": 0.661, "n": 245}, "png": {"accuracy": 0.0, "n": 14}}},
-         "per_class": per_class}  # fmt: skip
+    affectnet = {"by_format": {"jpeg": {"accuracy": 0.58, "n": 1631}, "png": {"accuracy": 0.857, "n": 553}},
+                 "by_format_within_class": {"contempt": {"jpeg": {"accuracy": 0.661, "n": 245},
+                                                         "png": {"accuracy": 0.0, "n": 14}}}}  # fmt: skip
+    fer = {"by_format": {"jpeg": {"accuracy": 0.66, "n": 2799}}, "by_format_within_class": {}}
+    m = {"by_format": {"jpeg": {"accuracy": 0.631, "n": 4430}, "png": {"accuracy": 0.857, "n": 553}},
+         "by_source": {"affectnet": affectnet, "fer2013": fer}, "per_class": per_class}  # fmt: skip
     text = "\n".join(_limits_section({"test": m, "preprocess": {"size": 112}}))
-    assert "a gap of 27.7 points" in text
+    assert "by file format** on affectnet faces" in text and "a gap of 27.7 points" in text  # not FER2013's JPEGs too
+    assert "n=4,430" not in text and "fer2013" not in text
     assert "**Within one class**" in text and "contempt JPEG 66.1% (n=245), PNG 0.0% (n=14)" in text
-    del m["by_format_within_class"]  # a dataset whose classes each come in one format: no such line
+    affectnet["by_format_within_class"] = {}  # each class in one format only: no such line
     assert "Within one class" not in "\n".join(_limits_section({"test": m, "preprocess": {"size": 112}}))
+    del m["by_source"]  # metrics from before per-dataset formats: the split's own
+    assert "by file format**, a proxy" in "\n".join(_limits_section({"test": m, "preprocess": {"size": 112}}))
 
 
 @pytest.mark.real_data

@@ -174,9 +174,10 @@ def cmd_evaluate(args) -> int:
         if len(result["by_format"]) > 1:
             print("  by file format: " + ", ".join(f"{f} {v['accuracy']:.4f} (n={v['n']:,})"
                                                    for f, v in result["by_format"].items()))  # fmt: skip
-        for c, cells in result.get("by_format_within_class", {}).items():
-            print(f"  {c} by file format: " + ", ".join(f"{f} {v['accuracy']:.4f} (n={v['n']:,})"
-                                                        for f, v in cells.items()))  # fmt: skip
+        for s, v in result["by_source"].items():
+            for c, cells in v.get("by_format_within_class", {}).items():
+                print(f"  {s}, {c} by file format: " + ", ".join(f"{f} {x['accuracy']:.4f} (n={x['n']:,})"
+                                                                for f, x in cells.items()))  # fmt: skip
         for name, v in result.get("robustness", {}).items():
             change = v["accuracy"] - result["robustness"]["clean"]["accuracy"]
             print(f"  {name:<10} accuracy {v['accuracy']:.4f} ({100 * change:+.1f} points)")

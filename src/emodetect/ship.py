@@ -273,21 +273,25 @@ def _robustness_section(c: dict) -> list[str]:
 
 def _limits_section(c: dict) -> list[str]:
     m = c["test"]
-    fmt = m.get("by_format", {})
     lines = ["## Known biases and limits", ""]
-    if len(fmt) > 1:
-        acc = {f: v["accuracy"] for f, v in fmt.items()}
-        gap = max(acc.values()) - min(acc.values())
-        lines.append("- **Accuracy differs by file format**, a proxy for the images' source: "
-                     + ", ".join(f"{f.upper()} {_pct(v['accuracy'])} (n={v['n']:,})" for f, v in fmt.items())
-                     + f", a gap of {100 * gap:.1f} points. In the AffectNet subset happy and neutral faces are almost "
-                     "all PNG (FFHQ-derived) and anger, fear and sad all JPEG, so part of what a model learns there can be "
-                     "the source rather than the expression.")  # fmt: skip
-        within = m.get("by_format_within_class", {})
+    # per dataset where the metrics have it: a format means a different thing in each (FER2013's files are all JPEG)
+    per_source = {s: v for s, v in m.get("by_source", {}).items() if len(v.get("by_format", {})) > 1}
+    for where, v in (per_source.items() if per_source else [("", m)]):
+        fmt = v.get("by_format", {})
+        if len(fmt) < 2:
+            continue
+        acc = {f: x["accuracy"] for f, x in fmt.items()}
+        lines.append(f"- **Accuracy differs by file format**{f' on {where} faces' if where else ''}, a proxy for the "
+                     "images' source: " + ", ".join(f"{f.upper()} {_pct(x['accuracy'])} (n={x['n']:,})" for f, x in fmt.items())
+                     + f", a gap of {100 * (max(acc.values()) - min(acc.values())):.1f} points. In the AffectNet subset "
+                     "happy and neutral faces are almost all PNG (FFHQ-derived) and anger, fear and sad all JPEG, so the "
+                     "gap mostly compares classes, and part of what a model learns there can be the source rather than "
+                     "the expression.")  # fmt: skip
+        within = v.get("by_format_within_class", {})
         if within:
             lines.append("- **Within one class**, where the test split has at least 10 faces of each format, the format "
-                         "alone shows: " + "; ".join(f"{cl} " + ", ".join(f"{f.upper()} {_pct(v['accuracy'])} (n={v['n']:,})"
-                                                                       for f, v in cells.items())
+                         "alone shows: " + "; ".join(f"{cl} " + ", ".join(f"{f.upper()} {_pct(x['accuracy'])} (n={x['n']:,})"
+                                                                       for f, x in cells.items())
                                                      for cl, cells in within.items()) + ".")  # fmt: skip
     weakest = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:2]
     lines += ["- The test splits have their datasets' class mix; on data with another mix, accuracy differs.",

@@ -72,7 +72,8 @@ def observations(result: dict) -> list[str]:
     fa = b.get("by_format")
     if fa and len(fa) > 1:
         within = "; ".join(f"{cl} " + ", ".join(f"{f} {_pct(v['accuracy'])} (n={v['n']})" for f, v in cells.items())
-                           for cl, cells in b.get("by_format_within_class", {}).items())  # fmt: skip
+                           for src in b.get("by_source", {}).values()
+                           for cl, cells in src.get("by_format_within_class", {}).items())  # fmt: skip
         obs.append(f"File-format shortcut check ({best}, test): accuracy on " +
                    ", ".join(f"{f} images {_pct(v['accuracy'])} (n={v['n']})" for f, v in fa.items()) + "."
                    + (f" Within one class (at least 10 test images of each format): {within}." if within else ""))  # fmt: skip

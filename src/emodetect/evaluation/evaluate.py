@@ -16,22 +16,26 @@ from emodetect.models.predict import Predictor
 class Evaluation:
     """What scoring a model on some splits gives: metrics per split, the probabilities, inference speed."""
 
-    metrics: dict[str, dict]  # split -> classification_metrics + "by_source" + "by_format" (+ "_within_class")
+    metrics: dict[str, dict]  # split -> classification_metrics + "by_source" (each with its formats) + "by_format"
     proba: dict[str, np.ndarray]  # split -> (N, K) calibrated probabilities in CLASSES order
     images_per_second: float | None = None
 
 
 def split_metrics(ds: Dataset, proba: np.ndarray) -> dict:
-    """Classification metrics of one split, plus accuracy per source dataset, per file format, and per file format
-    within each class that has both (at least 10 images each)."""
+    """Classification metrics of one split, plus accuracy per file format and per source dataset; per source also
+    accuracy per file format, overall and within each class that has two formats (at least 10 images each), since
+    formats mean different things in different datasets."""
     pred = proba.argmax(1)
     m = classification_metrics(ds.labels, pred)
     correct = pred == ds.labels
-    m["by_format"] = accuracy_by(correct, ds.manifest["format"])
-    m["by_format_within_class"] = accuracy_by_within_class(correct, ds.labels, ds.manifest["format"])
-    sources = ds.sources
-    m["by_source"] = {s: classification_metrics(ds.labels[sources == s], pred[sources == s])
-                      for s in dict.fromkeys(sources.tolist())}  # fmt: skip
+    formats, sources = np.asarray(ds.manifest["format"]), ds.sources
+    m["by_format"] = accuracy_by(correct, formats)
+    m["by_source"] = {}
+    for s in dict.fromkeys(sources.tolist()):
+        sel = sources == s
+        m["by_source"][s] = {**classification_metrics(ds.labels[sel], pred[sel]),
+                             "by_format": accuracy_by(correct[sel], formats[sel]),
+                             "by_format_within_class": accuracy_by_within_class(correct[sel], ds.labels[sel], formats[sel])}  # fmt: skip
     return m
 
 
