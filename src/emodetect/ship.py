@@ -271,6 +271,10 @@ def _robustness_section(c: dict) -> list[str]:
     return lines + [""]
 
 
+def _by_format(cells: dict) -> str:
+    return ", ".join(f"{f.upper()} {_pct(x['accuracy'])} (n={x['n']:,})" for f, x in cells.items())
+
+
 def _limits_section(c: dict) -> list[str]:
     m = c["test"]
     lines = ["## Known biases and limits", ""]
@@ -282,17 +286,14 @@ def _limits_section(c: dict) -> list[str]:
             continue
         acc = {f: x["accuracy"] for f, x in fmt.items()}
         lines.append(f"- **Accuracy differs by file format**{f' on {where} faces' if where else ''}, a proxy for the "
-                     "images' source: " + ", ".join(f"{f.upper()} {_pct(x['accuracy'])} (n={x['n']:,})" for f, x in fmt.items())
-                     + f", a gap of {100 * (max(acc.values()) - min(acc.values())):.1f} points. In the AffectNet subset "
+                     "images' source: " + _by_format(fmt) + f", a gap of {100 * (max(acc.values()) - min(acc.values())):.1f} points. In the AffectNet subset "
                      "happy and neutral faces are almost all PNG (FFHQ-derived) and anger, fear and sad all JPEG, so the "
                      "gap mostly compares classes, and part of what a model learns there can be the source rather than "
                      "the expression.")  # fmt: skip
         within = v.get("by_format_within_class", {})
         if within:
             lines.append("- **Within one class**, where the test split has at least 10 faces of each format, the format "
-                         "alone shows: " + "; ".join(f"{cl} " + ", ".join(f"{f.upper()} {_pct(x['accuracy'])} (n={x['n']:,})"
-                                                                       for f, x in cells.items())
-                                                     for cl, cells in within.items()) + ".")  # fmt: skip
+                         "alone shows: " + "; ".join(f"{cl} {_by_format(cells)}" for cl, cells in within.items()) + ".")
     weakest = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:2]
     lines += ["- The test splits have their datasets' class mix; on data with another mix, accuracy differs.",
               "- The labels are noisy (annotators disagree on about a third of such faces). The weakest classes are "
