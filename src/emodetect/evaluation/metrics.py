@@ -63,11 +63,8 @@ def accuracy_by_within_class(correct: np.ndarray, labels: np.ndarray, keys: np.n
     correct, labels, keys = np.asarray(correct, bool), np.asarray(labels), np.asarray(keys)
     out = {}
     for c in sorted(set(labels.tolist())):
-        cells = {}
-        for k in sorted(set(keys[labels == c].tolist())):
-            sel = (labels == c) & (keys == k)
-            if sel.sum() >= max(min_n, 1):
-                cells[str(k)] = {"accuracy": float(correct[sel].mean()), "n": int(sel.sum())}
+        in_c = labels == c
+        cells = {k: v for k, v in accuracy_by(correct[in_c], keys[in_c]).items() if v["n"] >= min_n}
         if len(cells) >= 2:
             out[CLASSES[c]] = cells
     return out
