@@ -315,9 +315,11 @@ def test_training_on_two_datasets_with_different_classes(tmp_path):
 
     _, tr, va, _ = load_splits(data, DataConfig(), "gray", cache_dir=tmp_path / "c", progress=False)
     cfg = resolve_model_config("tiny", {"epochs": 2, "batch_size": 16, "warmup_epochs": 0, "channels_last": False,
-                                        "source_weights": {"fer": 0.5},
+                                        "source_weights": {"fer": 0.5}, "format_balance": 4,
                                         "augment_by_source": {"fer": {"jpeg": 0, "lowres": 0}}})  # fmt: skip
-    r = fit_network(cfg, tr, va, progress=False, log=lambda m: None)
+    logged = []
+    r = fit_network(cfg, tr, va, progress=False, log=logged.append)
+    assert "format balance (x4 at most): none" in logged  # the synthetic datasets have one format per class
     assert {"val_accuracy_full", "val_accuracy_fer"} <= set(r.history[-1])
     for bad in ({"source_weights": {"affectnet": 2}}, {"augment_by_source": {"affectnet": {"jpeg": 0}}}):
         with pytest.raises(EmodetectError, match="unknown dataset"):
@@ -435,3 +437,36 @@ def test_training_from_a_model_file_starts_at_its_weights_and_refuses_one_with_n
         init_from(create_model("fastlite", num_classes=8, pretrained=False), str(path))
     with pytest.raises(EmodetectError, match="init_from"):
         TrainConfig(init_from="  ")
+
+
+def test_format_balance_draws_rare_formats_more_often_and_keeps_each_class_s_share():
+    from emodetect.training.loop import _sampling_probabilities, format_factors
+
+    # one dataset: contempt 57 PNG / 2,010 JPEG (the cap binds), surprise 424 PNG / 2,498 JPEG (an equal share
+    # is under the cap), anger JPEG only; a second dataset whose contempt is all PNG (one format: untouched)
+    labels = np.array([1] * 2067 + [7] * 2922 + [0] * 30 + [1] * 5)
+    formats = np.array(["png"] * 57 + ["jpeg"] * 2010 + ["png"] * 424 + ["jpeg"] * 2498 + ["jpeg"] * 35)
+    sources = np.array(["a"] * 5019 + ["b"] * 5, dtype=object)
+    f = format_factors(labels, sources, formats, cap=8.0)
+    assert f[0] == 8.0 and f[57] == pytest.approx((2067 - 8 * 57) / 2010)  # capped: x8, JPEG gives up the rest
+    assert f[2067] == pytest.approx(2922 / 2 / 424) and f[2067 + 424] == pytest.approx(2922 / 2 / 2498)  # equal
+    assert np.all(f[-35:] == 1.0)  # one format in the class: as before
+    for c, s in [(1, "a"), (7, "a"), (0, "a"), (1, "b")]:  # every (dataset, class) keeps its count of draws
+        sel = (labels == c) & (sources == s)
+        assert f[sel].sum() == pytest.approx(sel.sum())
+    # three formats: water-filling from the smallest (cap 2: 2 x 10 = 20, then an equal share of the rest)
+    f3 = format_factors(np.zeros(130, int), np.array(["a"] * 130, dtype=object),
+                        np.array(["gif"] * 10 + ["png"] * 40 + ["jpeg"] * 80), cap=2.0)  # fmt: skip
+    assert (f3[0], f3[10], f3[50]) == pytest.approx((2.0, 55 / 40, 55 / 80))
+    # as draw probabilities, with the dataset factors on top; off by default
+    p = _sampling_probabilities(labels, sources, {}, {"b": 2.0}, formats, 8.0).numpy()
+    w = f * np.where(sources == "b", 2.0, 1.0)
+    np.testing.assert_allclose(p, w / w.sum())
+    assert _sampling_probabilities(labels, sources, {}, {}, formats) is None
+
+
+def test_format_balance_is_a_factor_of_at_least_one_or_off():
+    assert TrainConfig(format_balance=0).format_balance == 0 and TrainConfig(format_balance=8).format_balance == 8
+    for bad in (0.5, -1, "8"):
+        with pytest.raises(EmodetectError, match="format_balance"):
+            TrainConfig(format_balance=bad)

@@ -140,6 +140,10 @@ class TrainConfig:
     prior_correction: bool = False
     oversample: dict = field(default_factory=dict)  # class name -> sampling factor (>1 shows it more often)
     source_weights: dict = field(default_factory=dict)  # dataset name -> sampling factor of its images
+    # group-balanced sampling against the file-format shortcut: within each dataset's class, every file format
+    # gets up to an equal share of the class's draws, no image drawn more than this many times as often as
+    # otherwise; the class's own share is unchanged (training.loop.format_factors). 0 turns it off
+    format_balance: float = 0.0
     augment: dict = field(default_factory=lambda: asdict(Augment()))
     # dataset name -> augment options that differ for its images, on top of `augment` (for example
     # {"fer2013": {"jpeg": 0, "lowres": 0, "blur": 0}}: faces already small, gray and compressed are not degraded
@@ -206,6 +210,8 @@ class TrainConfig:
         _number(o, "distill_temperature", self.distill_temperature, 0, 100, lo_open=True)
         _choice(o, "distill_views", self.distill_views, ("clean", "augmented"))
         _number(o, "ema_decay", self.ema_decay, 0, 1, hi_open=True)  # 0 turns it off
+        if self.format_balance != 0:
+            _number(o, "format_balance", self.format_balance, 1, 1000)
         if not isinstance(self.source_weights, dict):
             _fail(o, "source_weights", 'an object such as {"fer2013-train": 0.5}', self.source_weights)
         for name, factor in self.source_weights.items():

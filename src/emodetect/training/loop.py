@@ -292,13 +292,43 @@ def _dataset_names(option: str, keyed: dict, sources: np.ndarray) -> list[str]:
     return names
 
 
-def _sampling_probabilities(labels: np.ndarray, sources: np.ndarray, oversample: dict,
-                            source_weights: dict) -> torch.Tensor | None:  # fmt: skip
-    """Per-image draw probabilities from class factors and dataset factors (None: every image once per epoch)."""
-    if not oversample and not source_weights:
+def format_factors(labels: np.ndarray, sources: np.ndarray, formats: np.ndarray, cap: float) -> np.ndarray:
+    """Each image's sampling factor that balances the file formats within each (dataset, class) group.
+
+    Water-filling, smallest format first: a format gets min(cap * its count, an equal share of what the class
+    has left), the largest takes the rest, so the class's total draws stay its count (its share of the epoch,
+    and so the prior correction, is unchanged) and a rare format's images are drawn at most `cap` times as often
+    as before. AffectNet's 57 PNG contempt faces against 2,010 JPEG ones: x`cap`, the JPEG ones a little less.
+    """
+    factors = np.ones(len(labels))
+    for key in set(zip(sources.tolist(), labels.tolist())):
+        in_group = (sources == key[0]) & (labels == key[1])
+        names, counts = np.unique(formats[in_group], return_counts=True)
+        left, k = float(in_group.sum()), len(names)
+        for i in np.argsort(counts, kind="stable"):
+            share = min(cap * counts[i], left / k) if k > 1 else left
+            factors[in_group & (formats == names[i])] = share / counts[i]
+            left, k = left - share, k - 1
+    return factors
+
+
+def _rare_formats(train: Dataset, cap: float) -> str:
+    """The (dataset, class, format) groups `format_balance` draws more often than usual, with their factors."""
+    formats = np.asarray(train.manifest["format"])
+    f = format_factors(train.labels, train.sources, formats, cap)
+    groups = {(s, CLASSES[c], m): x for s, c, m, x in zip(train.sources, train.labels, formats, f) if x > 1}
+    return ", ".join(f"{s} {c} {m} x{x:.1f}" for (s, c, m), x in sorted(groups.items())) or "none"
+
+
+def _sampling_probabilities(labels: np.ndarray, sources: np.ndarray, oversample: dict, source_weights: dict,
+                            formats: np.ndarray | None = None, format_balance: float = 0.0) -> torch.Tensor | None:  # fmt: skip
+    """Per-image draw probabilities from class, dataset and format factors (None: every image once per epoch)."""
+    if not oversample and not source_weights and not format_balance:
         return None
     _dataset_names("source_weights", source_weights, sources)
     p = class_factors(oversample)[labels] * np.array([float(source_weights.get(s, 1.0)) for s in sources])
+    if format_balance:
+        p *= format_factors(labels, sources, np.asarray(formats), format_balance)
     return torch.tensor(p / p.sum(), dtype=torch.float64)
 
 
@@ -364,7 +394,10 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     if len(y_train) == 0 or len(y_val) == 0:
         raise EmodetectError("training needs non-empty train and validation splits")
     weight = class_weights(train.labels) if cfg.class_weights else None
-    sample_p = _sampling_probabilities(train.labels, train.sources, cfg.oversample, cfg.source_weights)
+    sample_p = _sampling_probabilities(train.labels, train.sources, cfg.oversample, cfg.source_weights,
+                                       train.manifest["format"], cfg.format_balance)  # fmt: skip
+    if cfg.format_balance:
+        log(f"format balance (x{cfg.format_balance:g} at most): {_rare_formats(train, cfg.format_balance)}")
     # a class is missing from a dataset if none of its train or val images has it
     masks = class_masks(np.concatenate([train.labels, val.labels]), np.concatenate([train.sources, val.sources]))
     mask_train, mask_val = (None, None) if masks is None else (masks[: len(train)], masks[len(train) :])
