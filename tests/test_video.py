@@ -83,3 +83,71 @@ def test_a_video_over_the_pixel_limit_is_refused_before_decoding(two_face_video,
     monkeypatch.setenv("EMODETECT_MAX_PIXELS", str(640 * 360 - 1))
     with pytest.raises(EmodetectError, match="over the limit"):
         next(frames(two_face_video))
+
+
+def test_a_track_closed_by_a_later_frame_of_the_same_batch_is_still_smoothed():
+    # frames 2 s apart (--fps 0.5, or a face gone for over a second): assigning the second frame closes the first
+    # frame's track before the batch is smoothed; that once raised KeyError and lost the whole run
+    from emodetect.inference.analyze import Face
+    from emodetect.inference.faces import Detection
+    from emodetect.inference.video import _flush
+
+    class Stub:  # classifies every face as happy, without a model
+        def classify(self, images, detections):
+            p = {c: float(c == "happy") for c in CLASSES}
+            return [[Face(d.box, d.score, None, dict(p), "happy", 1.0) for d in dets] for dets in detections]
+
+    img, det = np.zeros((64, 64, 3), np.uint8), Detection((10.0, 10.0, 30.0, 30.0), 0.99)
+    tracker = Tracker(max_gap_s=1.0)
+    out = list(_flush([(0, 0.0, img, [det]), (50, 2.0, img, [det])], Stub(), tracker, False))
+    assert [fr.faces[0].track for fr in out] == [1, 2]  # a new track after the gap
+    assert all(fr.faces[0].extra["smoothed_label"] == "happy" for fr in out)
+    assert [s["track"] for s in tracker.summaries()] == [1, 2] and tracker.finished[0].n_frames == 1
+
+
+class _StubAnalyzer:
+    """One fixed face per frame, always happy: the video plumbing without a model."""
+
+    def detect(self, rgb):
+        from emodetect.inference.faces import Detection
+
+        return [Detection((100.0, 100.0, 150.0, 150.0), 0.99)]
+
+    def classify(self, images, detections):
+        from emodetect.inference.analyze import Face
+
+        p = {c: float(c == "happy") for c in CLASSES}
+        return [[Face(d.box, d.score, None, dict(p), "happy", 1.0) for d in dets] for dets in detections]
+
+
+def test_an_annotated_copy_plays_at_the_video_s_own_rate_when_more_fps_are_asked(two_face_video, tmp_path):
+    from emodetect.inference.predict import predict_paths
+
+    predict_paths([str(two_face_video)], analyzer=_StubAnalyzer(), out=tmp_path / "v.json", fps=60,
+                  annotate=tmp_path / "ann.mp4", progress=False)  # fmt: skip
+    cap = cv2.VideoCapture(str(tmp_path / "ann.mp4"))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(FPS) and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == N_FRAMES
+    cap.release()
+
+
+def test_a_video_that_fails_part_way_keeps_its_frames_and_the_run_goes_on(two_face_video, tmp_path, monkeypatch):
+    from emodetect.inference import annotate
+    from emodetect.inference.predict import predict_paths
+
+    written = []
+
+    def write(self, frame):  # the disk fills up at the fourth frame
+        if len(written) == 3:
+            raise EmodetectError(f"cannot write video {self.path}")
+        written.append(frame.index)
+
+    monkeypatch.setattr(annotate.VideoAnnotator, "write", write)
+    second = tmp_path / "second.mp4"
+    second.write_bytes(two_face_video.read_bytes())
+    summary = predict_paths([str(two_face_video), str(second)], analyzer=_StubAnalyzer(),
+                            out=tmp_path / "v.json", annotate=tmp_path / "ann", progress=False)  # fmt: skip
+    files = json.loads((tmp_path / "v.json").read_text())["files"]
+    assert summary.n_errors == 2 and len(files) == 2  # both videos reported, neither lost the run
+    # the fourth frame was analysed before its copy failed: its faces are kept
+    assert len(files[0]["frames"]) == 4 and files[0]["error"].startswith("stopped after 4 analysed frames: cannot write")
+    assert files[1]["error"].startswith("stopped after 1 analysed frame: ")

@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", choices=("mtcnn", "haar"), default="mtcnn", help="face detector (default mtcnn)")
     p.add_argument("--min-confidence", type=float, default=0.0, metavar="X",
                    help="label a face 'uncertain' when its top probability is below X (probabilities kept)")  # fmt: skip
-    p.add_argument("--min-face-size", type=int, default=40, metavar="PX", help="smallest face to find, in pixels")
+    p.add_argument("--min-face-size", type=int, default=40, metavar="PX", help="smallest face to find, in pixels of the image as the detector sees it: photos "
+                   "over 1600 px on their longer side are scaled down to 1600 first (default 40)")
     p.add_argument("--max-faces", type=int, default=None, metavar="N", help="at most N faces per image, largest first")
     p.add_argument("--annotate", type=Path, default=None, metavar="DIR|OUT.mp4",
                    help="write copies with boxes and labels: a folder for photos, an .mp4 (or a folder) for videos")  # fmt: skip

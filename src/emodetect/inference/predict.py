@@ -151,7 +151,8 @@ def predict_paths(inputs: list[str], *, analyzer: Analyzer, out: Path | None = N
         raise EmodetectError("--annotate for photos is a folder; give an .mp4 path only when every input is a video")
     results: list[FileResult] = []
     names = UniqueNames()
-    bar = tqdm(total=len(images), desc="photos", unit="img", disable=not progress or None or len(images) < 2, leave=False)
+    bar = tqdm(total=len(images), desc="photos", unit="img", disable=True if not progress or len(images) < 2 else None,
+               leave=False)  # None: tqdm's own choice, off where stderr is not a terminal
     for p, rgb, res, faces in _image_results(images, analyzer):
         results.append(res)
         if rgb is not None and annotate is not None:
@@ -209,11 +210,12 @@ def _video_result(path: Path, analyzer: Analyzer, fps, smooth_s, detect_every, a
 
         target = annotate if annotate.suffix.lower() in VIDEO_EXTENSIONS and n_videos == 1 else \
             names(annotate / f"{path.stem}-annotated.mp4")  # fmt: skip
-        writer = VideoAnnotator(target, fps or info["fps"] or 25.0)
+        rate = min(fps, info["fps"]) if fps and info["fps"] else fps or info["fps"] or 25.0  # never above the video's
+        writer = VideoAnnotator(target, rate)  # own: frames() yields each frame once, so a copy plays at true speed
     tracker = Tracker(smooth_s)
     total = info["frames"] if not fps or not info["fps"] else int(info["frames"] * min(1.0, fps / info["fps"]))
     bar = tqdm(total=total or None, desc=path.name, unit="frame", disable=not progress or None, leave=False)
-    frames_out = []
+    frames_out, failed = [], None
     try:
         for frame in analyze_video(path, analyzer, fps=fps, smooth_s=smooth_s, detect_every=detect_every,
                                    keep_images=writer is not None, tracker=tracker):  # fmt: skip
@@ -223,6 +225,9 @@ def _video_result(path: Path, analyzer: Analyzer, fps, smooth_s, detect_every, a
             if writer is not None:
                 writer.write(frame)
             bar.update(1)
+    except EmodetectError as exc:  # a video that fails part-way keeps its frames so far, and the run goes on
+        n = len(frames_out)
+        failed = f"stopped after {n} analysed frame{'s' * (n != 1)}: {exc}"
     finally:
         bar.close()
         if writer is not None:
@@ -230,7 +235,10 @@ def _video_result(path: Path, analyzer: Analyzer, fps, smooth_s, detect_every, a
     tracks = tracker.summaries()
     res.nested = {"file": str(path), "fps": info["fps"], "width": info["width"], "height": info["height"],
                   "frames": frames_out, "tracks": tracks}  # fmt: skip
-    if not frames_out:
+    if failed:
+        res.error = res.nested["error"] = failed
+        res.rows.append(face_row(str(path), None, None, label="error", error=failed))
+    elif not frames_out:
         res.error = res.nested["error"] = "no frame could be decoded"
         res.rows = [face_row(str(path), None, None, label="error", error=res.error)]
     elif not res.rows:

@@ -98,9 +98,9 @@ class Tracker:
             self.tracks[ids[i]].last_seen = time_s
         return ids
 
-    def smooth(self, tid: int, proba: np.ndarray, time_s: float) -> np.ndarray:
-        """The track's EMA after this observation: weight 1 - exp(-dt / smooth_s) on the new one."""
-        t = self.tracks[tid]
+    def smooth(self, t: Track, proba: np.ndarray, time_s: float) -> np.ndarray:
+        """The track's EMA after this observation: weight 1 - exp(-dt / smooth_s) on the new one. The track
+        itself, not its id: a later frame of the same batch may already have closed it."""
         if t.smoothed is None or self.smooth_s <= 0:
             new = proba.copy()
         else:
@@ -202,18 +202,18 @@ def _flush(pending, analyzer: Analyzer, tracker: Tracker, keep_images: bool) -> 
     resolved = []
     for index, t, rgb, dets in pending:
         if dets is None:  # between detections: the live tracks' last faces, cropped where they were
-            live = tracker.live(t)
-            dets, ids = [tr.detection for tr in live], [tr.id for tr in live]
+            tracks = tracker.live(t)
+            dets = [tr.detection for tr in tracks]
         else:
-            ids = tracker.assign(dets, t)
-        resolved.append((index, t, rgb, dets, ids))
+            tracks = [tracker.tracks[tid] for tid in tracker.assign(dets, t)]
+        resolved.append((index, t, rgb, dets, tracks))
     faces = analyzer.classify([r[2] for r in resolved], [r[3] for r in resolved])
-    for (index, t, rgb, _, ids), frame_faces in zip(resolved, faces):
-        for face, tid in zip(frame_faces, ids):
+    for (index, t, rgb, _, tracks), frame_faces in zip(resolved, faces):
+        for face, track in zip(frame_faces, tracks):
             p = np.array([face.probabilities[c] for c in CLASSES])
-            s = tracker.smooth(tid, p, t)
+            s = tracker.smooth(track, p, t)
             top = int(s.argmax())
-            face.track = tid
+            face.track = track.id
             face.extra = {"smoothed": {c: round(float(v), 5) for c, v in zip(CLASSES, s)},
                           "smoothed_label": CLASSES[top], "smoothed_confidence": round(float(s[top]), 5)}  # fmt: skip
         yield Frame(index, t, frame_faces, rgb if keep_images else None)
