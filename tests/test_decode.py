@@ -191,3 +191,22 @@ def test_fuzzed_files_never_raise_anything_but_unreadable_image(monkeypatch):
             assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
             outcomes["decoded"] += 1
     assert sum(outcomes.values()) == 400 and outcomes["refused"] > 50 and outcomes["decoded"] > 50, outcomes
+
+
+def test_load_image_reads_arrays_and_pillow_images_as_it_reads_files():
+    from emodetect.inference.analyze import load_image
+
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 128  # half-transparent red
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    from_file = load_image(buf.getvalue())
+    assert from_file.shape == (4, 5, 3) and from_file[0, 0].tolist() == [227, 127, 127]  # onto white
+    np.testing.assert_array_equal(load_image(rgba), from_file)  # an RGBA array: the same pixels as its file
+    with pytest.raises(ValueError, match=r"\(H, W, 4\) RGBA"):
+        load_image(np.zeros((4, 5, 2), np.uint8))
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (160, 200, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    truncated = Image.open(io.BytesIO(buf.getvalue()[: len(buf.getvalue()) // 2]))  # lazily opened: header only
+    with pytest.raises(UnreadableImage, match="cannot decode"):
+        load_image(truncated)

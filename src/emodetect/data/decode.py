@@ -145,10 +145,14 @@ def _pillow_rgb(im) -> np.ndarray:
     if mode in ("I", "F"):
         return _gray_to_rgb(_real_range(np.asarray(im)))
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info):
-        rgba = np.asarray(im.convert("RGBA"))
-        alpha = rgba[..., 3:].astype(np.uint16)  # integer compositing: a quarter of float32's memory
-        return ((rgba[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+        return on_white(np.asarray(im.convert("RGBA")))
     return np.asarray(im.convert("RGB"))
+
+
+def on_white(rgba: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 4) RGBA -> (H, W, 3) RGB, composited onto white (what a viewer shows)."""
+    alpha = rgba[..., 3:].astype(np.uint16)  # integer compositing: a quarter of float32's memory
+    return ((rgba[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
 
 
 def _open(data: bytes, max_pixels: int):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emodetect.data.decode import UnreadableImage, decode_rgb
+from emodetect.data.decode import UnreadableImage, decode_rgb, on_white
 from emodetect.data.source import UnreadableFile, read_regular_file
 from emodetect.errors import EmodetectError
 from emodetect.inference.crop import crop_face
@@ -65,13 +65,18 @@ def load_image(image) -> np.ndarray:
     if type(image).__module__.startswith("PIL."):
         from emodetect.data.decode import _pillow_rgb
 
-        return _pillow_rgb(image)
+        try:  # a lazily opened file is decoded only now
+            return _pillow_rgb(image)
+        except OSError as exc:
+            raise UnreadableImage(f"cannot decode this image: {exc}") from None
     a = np.asarray(image)
     if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
-        raise ValueError(f"an image array must be uint8 (H, W) gray or (H, W, 3) RGB, got {a.dtype} {a.shape}")
+        raise ValueError(f"an image array must be uint8 (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA, got {a.dtype} {a.shape}")
     if a.ndim == 2:
         return np.repeat(a[..., None], 3, axis=2)
-    return np.ascontiguousarray(a[..., :3])
+    if a.shape[2] == 4:  # as a decoded RGBA file is: alpha onto white
+        return on_white(a)
+    return np.ascontiguousarray(a)
 
 
 class Analyzer:
