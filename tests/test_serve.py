@@ -263,6 +263,44 @@ def test_busy_server_says_503_with_retry_after(app, client, photo, monkeypatch):
     assert app.state.pool.in_flight == 0
 
 
+def test_a_request_cancelled_mid_job_keeps_its_slot_until_the_job_ends():
+    # a client that hangs up cancels its request, but the worker thread runs on: its slot must stay taken,
+    # or more jobs than workers + queue could pile up behind it
+    import asyncio
+
+    from emodetect.serve.app import InferencePool
+
+    pool, release, started = InferencePool([object()], queue_size=0), threading.Event(), threading.Event()
+
+    def job(analyzer):
+        started.set()
+        release.wait(10)
+        return "done"
+
+    async def scenario():
+        assert pool.admit() and not pool.admit()  # one worker, no queue: full
+        task = asyncio.ensure_future(pool.run(job))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        held = pool.in_flight  # the job still runs: still busy
+        release.set()
+        for _ in range(500):
+            if pool.in_flight == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert pool.admit()  # free again once it ended
+        pool.release()
+        return held
+
+    try:
+        assert asyncio.run(scenario()) == 1 and pool.in_flight == 0
+    finally:
+        pool.close()
+
+
 def test_internal_errors_leak_nothing(app, photo, monkeypatch):
     def broken(*args):
         raise RuntimeError('File "/work/main/src/emodetect/x.py", line 3: torch 2.13.0 failed')

@@ -145,11 +145,19 @@ class InferencePool:
             self.in_flight -= 1
 
     async def run(self, fn, *args):
-        """fn(analyzer, *args) on a worker thread, with an Analyzer no other thread is using."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self.workers, "emodetect-infer", initializer=torch.set_num_threads,
-                                                initargs=(self._threads,))  # fmt: skip
-        return await asyncio.wrap_future(self._executor.submit(self._borrow, fn, *args))
+        """fn(analyzer, *args) on a worker thread, with an Analyzer no other thread is using; gives back the slot
+        `admit` took when that work ends, not when the request does (a client that hangs up cancels the request,
+        but a running job runs on, and still holds its worker)."""
+        try:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.workers, "emodetect-infer", initializer=torch.set_num_threads,
+                                                    initargs=(self._threads,))  # fmt: skip
+            job = self._executor.submit(self._borrow, fn, *args)
+        except BaseException:
+            self.release()
+            raise
+        job.add_done_callback(lambda _: self.release())  # run, failed, or cancelled while still queued
+        return await asyncio.wrap_future(job)
 
     def _borrow(self, fn, *args):
         analyzer = self._idle.get()
@@ -380,13 +388,10 @@ def create_app(model="default", detector: str = "mtcnn", *, token: str | None = 
             raise HTTPException(415, "not an image file (JPEG, PNG, WebP, BMP, TIFF or GIF expected)")
         if not pool.admit():
             raise HTTPException(503, "the server is busy; retry in a second", headers={"Retry-After": "1"})
-        try:
-            try:
-                return await pool.run(analyze_image, data, min_confidence, max_faces)
-            except UnreadableImage as exc:
-                raise HTTPException(422, public_reason(str(exc))) from None
-        finally:
-            pool.release()
+        try:  # the slot is given back when the work ends (InferencePool.run)
+            return await pool.run(analyze_image, data, min_confidence, max_faces)
+        except UnreadableImage as exc:
+            raise HTTPException(422, public_reason(str(exc))) from None
 
     @api.get("/health", response_model=HealthOut)
     async def health() -> dict:
