@@ -151,3 +151,17 @@ def test_a_video_that_fails_part_way_keeps_its_frames_and_the_run_goes_on(two_fa
     # the fourth frame was analysed before its copy failed: its faces are kept
     assert len(files[0]["frames"]) == 4 and files[0]["error"].startswith("stopped after 4 analysed frames: cannot write")
     assert files[1]["error"].startswith("stopped after 1 analysed frame: ")
+
+
+def test_annotate_paths_that_would_become_odd_folders_are_refused(two_face_video, tmp_path):
+    from emodetect.inference.predict import predict_paths
+
+    photo = tmp_path / "p.png"
+    cv2.imwrite(str(photo), np.zeros((32, 32, 3), np.uint8))
+    second = tmp_path / "second.mp4"
+    second.write_bytes(two_face_video.read_bytes())
+    for inputs, target, message in [([photo], "out.jpg", "for photos is a folder, got out.jpg"),
+                                    ([two_face_video, second], "out.mp4", "for 2 videos is a folder, got out.mp4")]:  # fmt: skip
+        with pytest.raises(EmodetectError, match=message):
+            predict_paths([str(p) for p in inputs], analyzer=_StubAnalyzer(), annotate=tmp_path / target, progress=False)
+    assert not (tmp_path / "out.jpg").exists() and not (tmp_path / "out.mp4").exists()

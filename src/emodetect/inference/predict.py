@@ -147,8 +147,11 @@ def predict_paths(inputs: list[str], *, analyzer: Analyzer, out: Path | None = N
     summary = PredictSummary(n_inputs=len(paths))
     videos = [p for p in paths if is_video(p)]
     images = [p for p in paths if not is_video(p)]
-    if annotate is not None and images and annotate.suffix.lower() in VIDEO_EXTENSIONS:
-        raise EmodetectError("--annotate for photos is a folder; give an .mp4 path only when every input is a video")
+    if annotate is not None and images and annotate.suffix.lower() in VIDEO_EXTENSIONS | IMAGE_EXTENSIONS:
+        raise EmodetectError(f"--annotate for photos is a folder, got {annotate.name}; give an .mp4 path only "
+                             "when the one input is a video")  # fmt: skip
+    if annotate is not None and len(videos) > 1 and annotate.suffix.lower() in VIDEO_EXTENSIONS:
+        raise EmodetectError(f"--annotate for {len(videos)} videos is a folder, got {annotate.name}")
     results: list[FileResult] = []
     names = UniqueNames()
     bar = tqdm(total=len(images), desc="photos", unit="img", disable=True if not progress or len(images) < 2 else None,
