@@ -165,3 +165,13 @@ def test_annotate_paths_that_would_become_odd_folders_are_refused(two_face_video
         with pytest.raises(EmodetectError, match=message):
             predict_paths([str(p) for p in inputs], analyzer=_StubAnalyzer(), annotate=tmp_path / target, progress=False)
     assert not (tmp_path / "out.jpg").exists() and not (tmp_path / "out.mp4").exists()
+
+
+def test_an_annotated_video_under_a_file_is_one_error_row(two_face_video, tmp_path):
+    from emodetect.inference.predict import predict_paths
+
+    (tmp_path / "taken").write_text("a file, not a folder")
+    summary = predict_paths([str(two_face_video)], analyzer=_StubAnalyzer(), out=tmp_path / "v.json",
+                            annotate=tmp_path / "taken" / "ann.mp4", progress=False)  # fmt: skip
+    doc = json.loads((tmp_path / "v.json").read_text())["files"][0]
+    assert summary.n_errors == 1 and doc["error"].startswith("stopped after 1 analysed frame: cannot write video")

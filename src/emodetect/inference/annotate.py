@@ -56,7 +56,10 @@ class VideoAnnotator:
     def write(self, frame) -> None:
         img = draw_faces(frame.image, frame.faces, smoothed=True)
         if self.writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise EmodetectError(f"cannot write video {self.path}: {exc.strerror or exc}") from None
             h, w = img.shape[:2]
             self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
             if not self.writer.isOpened():
