@@ -459,10 +459,10 @@ def test_format_balance_draws_rare_formats_more_often_and_keeps_each_class_s_sha
                         np.array(["gif"] * 10 + ["png"] * 40 + ["jpeg"] * 80), cap=2.0)  # fmt: skip
     assert (f3[0], f3[10], f3[50]) == pytest.approx((2.0, 55 / 40, 55 / 80))
     # as draw probabilities, with the dataset factors on top; off by default
-    p = _sampling_probabilities(labels, sources, {}, {"b": 2.0}, formats, 8.0).numpy()
+    p = _sampling_probabilities(labels, sources, {}, {"b": 2.0}, f).numpy()
     w = f * np.where(sources == "b", 2.0, 1.0)
     np.testing.assert_allclose(p, w / w.sum())
-    assert _sampling_probabilities(labels, sources, {}, {}, formats) is None
+    assert _sampling_probabilities(labels, sources, {}, {}) is None
 
 
 def test_format_balance_is_a_factor_of_at_least_one_or_off():

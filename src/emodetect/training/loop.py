@@ -312,23 +312,23 @@ def format_factors(labels: np.ndarray, sources: np.ndarray, formats: np.ndarray,
     return factors
 
 
-def _rare_formats(train: Dataset, cap: float) -> str:
-    """The (dataset, class, format) groups `format_balance` draws more often than usual, with their factors."""
+def _rare_formats(train: Dataset, f: np.ndarray) -> str:
+    """The (dataset, class, format) groups `format_factors` `f` draws more often than usual, with their factors."""
     formats = np.asarray(train.manifest["format"])
-    f = format_factors(train.labels, train.sources, formats, cap)
     groups = {(s, CLASSES[c], m): x for s, c, m, x in zip(train.sources, train.labels, formats, f) if x > 1}
     return ", ".join(f"{s} {c} {m} x{x:.1f}" for (s, c, m), x in sorted(groups.items())) or "none"
 
 
 def _sampling_probabilities(labels: np.ndarray, sources: np.ndarray, oversample: dict, source_weights: dict,
-                            formats: np.ndarray | None = None, format_balance: float = 0.0) -> torch.Tensor | None:  # fmt: skip
-    """Per-image draw probabilities from class, dataset and format factors (None: every image once per epoch)."""
-    if not oversample and not source_weights and not format_balance:
+                            format_f: np.ndarray | None = None) -> torch.Tensor | None:  # fmt: skip
+    """Per-image draw probabilities from class, dataset and format factors (`format_factors`; None: every image
+    once per epoch)."""
+    if not oversample and not source_weights and format_f is None:
         return None
     _dataset_names("source_weights", source_weights, sources)
     p = class_factors(oversample)[labels] * np.array([float(source_weights.get(s, 1.0)) for s in sources])
-    if format_balance:
-        p *= format_factors(labels, sources, np.asarray(formats), format_balance)
+    if format_f is not None:
+        p *= format_f
     return torch.tensor(p / p.sum(), dtype=torch.float64)
 
 
@@ -394,10 +394,11 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     if len(y_train) == 0 or len(y_val) == 0:
         raise EmodetectError("training needs non-empty train and validation splits")
     weight = class_weights(train.labels) if cfg.class_weights else None
-    sample_p = _sampling_probabilities(train.labels, train.sources, cfg.oversample, cfg.source_weights,
-                                       train.manifest["format"], cfg.format_balance)  # fmt: skip
+    format_f = None
     if cfg.format_balance:
-        log(f"format balance (x{cfg.format_balance:g} at most): {_rare_formats(train, cfg.format_balance)}")
+        format_f = format_factors(train.labels, train.sources, np.asarray(train.manifest["format"]), cfg.format_balance)
+        log(f"format balance (x{cfg.format_balance:g} at most): {_rare_formats(train, format_f)}")
+    sample_p = _sampling_probabilities(train.labels, train.sources, cfg.oversample, cfg.source_weights, format_f)
     # a class is missing from a dataset if none of its train or val images has it
     masks = class_masks(np.concatenate([train.labels, val.labels]), np.concatenate([train.sources, val.sources]))
     mask_train, mask_val = (None, None) if masks is None else (masks[: len(train)], masks[len(train) :])
