@@ -28,6 +28,9 @@ from emodetect.errors import EmodetectError
     ({"augment_by_source": {"fer": 0}}, "options must be an object"),
     ({"bf16": "yes"}, "true or false"),
     ({"image_size": 30000}, "image_size"),
+    ({"teacher": []}, "teacher must be a model"),
+    ({"teacher": ["default", ""]}, "teacher must be a model"),
+    ({"teacher": ["default", "runs/b"], "distill_views": "augmented"}, "teacher must be one model"),
     ({"nonsense": 1}, "unknown TrainConfig option"),
 ])  # fmt: skip
 def test_bad_training_options_are_refused(override, message):

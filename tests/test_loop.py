@@ -220,6 +220,9 @@ def test_distillation_tilts_a_corrected_teacher_by_the_students_own_class_weight
     np.testing.assert_allclose(soft.numpy(), served - student.astype(np.float32), atol=1e-4)
     soft, _ = loop._teacher(replace(TINY, teacher=str(plain)), tr, lambda m: None, student)  # uncorrected: as it is
     np.testing.assert_allclose(soft.numpy(), served, atol=1e-4)
+    # an ensemble: the mean of its members' soft targets, each shifted as it would be alone
+    soft, _ = loop._teacher(replace(TINY, teacher=[str(corrected), str(plain)]), tr, lambda m: None, student)
+    np.testing.assert_allclose(soft.numpy(), served - student.astype(np.float32) / 2, atol=1e-4)
     _, online = loop._teacher(replace(TINY, teacher=str(corrected), distill_views="augmented"), tr, lambda m: None, student)
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():

@@ -207,3 +207,6 @@ def test_the_card_says_what_a_student_was_distilled_from_and_started_at():
            "the labels 0.3" in student
     assert "ImageNet (Apache-2.0), new 8-class head; then every layer it shares with `default`" in student
     assert "every augmented batch" in card(teacher="default", distill_views="augmented")
+    ensemble = card(teacher=["default", "runs/lite2"], distill_alpha=0.5, distill_temperature=2.0)
+    assert "- distilled from an ensemble of `default`, `runs/lite2`: the mean of their logits as soft targets (each " \
+           "clean train image, once) at temperature 2.0 weigh 0.5, the labels 0.5" in ensemble

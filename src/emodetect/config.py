@@ -155,7 +155,9 @@ class TrainConfig:
     bf16: bool = False  # bfloat16 autocast: fast only on CPUs with native bf16 (AVX512-BF16, AMX); see bench/
     channels_last: bool = True
     tta_flip: bool = True  # average the logits of the image and its mirror at evaluation
-    teacher: str | None = None  # distil from this model ("default", a model file or a run folder)
+    # distil from this model ("default", a model file or a run folder), or from a list of them: an ensemble, whose
+    # soft targets are the mean of its members' logits (clean views only)
+    teacher: str | list[str] | None = None
     distill_alpha: float = 0.7  # weight of the teacher's soft targets; 1 - alpha on the labels
     distill_temperature: float = 3.0  # softmax temperature of both sides in the soft-target term
     # "clean": the teacher scores each clean train image once, before training; "augmented": it scores every
@@ -202,8 +204,13 @@ class TrainConfig:
             _number(o, f"oversample[{name!r}]", factor, 0, 1000, lo_open=True)
             canon[c] = float(factor)
         object.__setattr__(self, "oversample", canon)
-        if self.teacher is not None and (not isinstance(self.teacher, str) or not self.teacher.strip()):
-            _fail(o, "teacher", 'a model ("default", a model file or a run folder) or null', self.teacher)
+        if self.teacher is not None:
+            names = [self.teacher] if isinstance(self.teacher, str) else self.teacher
+            if not isinstance(names, list) or not names or not all(isinstance(t, str) and t.strip() for t in names):
+                _fail(o, "teacher", 'a model ("default", a model file or a run folder), a list of them, or null',
+                      self.teacher)
+            if len(names) > 1 and self.distill_views != "clean":
+                _fail(o, "teacher", 'one model where distill_views is "augmented"', self.teacher)
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
             _fail(o, "init_from", 'a model ("default", a model file or a run folder) or null', self.init_from)
         _number(o, "distill_alpha", self.distill_alpha, 0, 1)

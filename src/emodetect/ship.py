@@ -201,7 +201,10 @@ def _training_section(c: dict) -> list[str]:
     distilled = []
     if cfg.get("teacher"):
         views = "each clean train image, once" if cfg.get("distill_views", "clean") == "clean" else "every augmented batch"
-        distilled = [f"- distilled from `{cfg['teacher']}`: its soft targets ({views}) at temperature "
+        teachers = [cfg["teacher"]] if isinstance(cfg["teacher"], str) else cfg["teacher"]
+        who = f"`{teachers[0]}`: its" if len(teachers) == 1 else \
+            "an ensemble of " + ", ".join(f"`{t}`" for t in teachers) + ": the mean of their logits as"  # fmt: skip
+        distilled = [f"- distilled from {who} soft targets ({views}) at temperature "
                      f"{cfg['distill_temperature']} weigh {cfg['distill_alpha']}, the labels {1 - cfg['distill_alpha']:.2g}"]
     lines += [f"- start: {start}",
               f"- up to {cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']} with "

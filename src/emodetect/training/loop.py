@@ -503,17 +503,19 @@ def _teacher(cfg: TrainConfig, train: Dataset, log,
     from emodetect.models.artifact import resolve_artifact
     from emodetect.models.predict import Predictor
 
-    artifact = resolve_artifact(cfg.teacher)
-    shift = teacher_shift(artifact, offsets)
     if cfg.distill_views == "augmented":
+        artifact = resolve_artifact(cfg.teacher)
         log(f"distillation: {artifact.name} scores every augmented batch ({artifact.preprocess.size} px)")
-        return None, OnlineTeacher(artifact, shift)
-    teacher = Predictor(artifact, backend="onnx")  # float weights, never a shipped int8 graph: soft targets stay exact
-    t0 = time.perf_counter()
-    logits = torch.from_numpy(teacher.logits(train.images)).float()
-    if shift is not None:
-        logits += shift
-    log(f"distillation: {teacher.artifact.name} soft targets for {len(logits):,} images ({time.perf_counter() - t0:.0f} s)")
+        return None, OnlineTeacher(artifact, teacher_shift(artifact, offsets))
+    names = [cfg.teacher] if isinstance(cfg.teacher, str) else cfg.teacher
+    t0, logits = time.perf_counter(), 0
+    for name in names:  # an ensemble's soft targets: the mean of its members' logits, each shifted as one teacher's
+        artifact = resolve_artifact(name)
+        teacher = Predictor(artifact, backend="onnx")  # float weights, never a shipped int8 graph: targets stay exact
+        member = torch.from_numpy(teacher.logits(train.images)).float()
+        shift = teacher_shift(artifact, offsets)
+        logits = logits + (member if shift is None else member + shift) / len(names)
+    log(f"distillation: {', '.join(names)} soft targets for {len(logits):,} images ({time.perf_counter() - t0:.0f} s)")
     return logits, None
 
 
