@@ -43,6 +43,35 @@ def test_evaluate_json_has_the_documented_keys(tiny_run, capsys):
     assert set(next(iter(m["per_class"].values()))) == {"precision", "recall", "f1", "support"}
 
 
+def test_evaluate_auto_decides_dataset_by_dataset(tiny_run, tmp_path, capsys):
+    """Renamed, and beside a dataset the model never saw, its training data is still scored on its own test split;
+    the other one whole."""
+    from conftest import make_dataset
+
+    out, data, cache, result = tiny_run
+    make_dataset(tmp_path / "other", n_per_class=3, seed=9)
+    assert main(["evaluate", "--model", str(out), "--data", f"mine={data}", "--data", f"other={tmp_path / 'other'}",
+                 "--json", "--cache-dir", cache]) == 0  # fmt: skip
+    m = json.loads(capsys.readouterr().out)
+    assert m["split"] == "mine: test, other: all"
+    assert m["by_source"]["mine"]["confusion_matrix"] == result["test"]["confusion_matrix"]
+    assert m["by_source"]["other"]["n_images"] == 3 * 8
+
+
+def test_evaluate_auto_splits_with_the_models_own_seed(tiny_dataset, tmp_path, capsys):
+    from emodetect.config import DataConfig
+
+    data, cache = tiny_dataset.info["source"], tiny_dataset.info["cache"].rsplit("/", 1)[0]
+    result = train("tiny", data, tmp_path / "seed3", params={"epochs": 3, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0},
+                   data_cfg=DataConfig(split_seed=3), cache_dir=cache, progress=False, log=lambda m: None)  # fmt: skip
+    assert main(["evaluate", "--model", str(tmp_path / "seed3"), "--data", data, "--json", "--cache-dir", cache]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["confusion_matrix"] == result["test"]["confusion_matrix"] and "split seed 3" in out.err
+    assert main(["evaluate", "--model", str(tmp_path / "seed3"), "--data", data, "--json", "--cache-dir", cache,
+                 "--split-seed", "0"]) == 0  # fmt: skip
+    assert "split seed 0" in capsys.readouterr().err  # asked for: another split
+
+
 def test_embed_writes_numbers_and_plots(tiny_run, capsys):
     out, data, cache, _ = tiny_run
     assert main(["embed", str(out), "--cache-dir", cache]) == 0

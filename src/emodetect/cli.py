@@ -45,7 +45,7 @@ def _print_warnings(info: dict) -> None:
         print(f"warning: {printable(w)}", file=sys.stderr)
 
 
-def _add_data_options(p: argparse.ArgumentParser, mode_default: str | None = "gray") -> None:
+def _add_data_options(p: argparse.ArgumentParser, mode_default: str | None = "gray", seed_default: int | None = 0) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--label-source", choices=("folder", "csv"), default="folder",
                    help="folder labels (default) or the labels.csv re-labelling")  # fmt: skip
@@ -53,7 +53,8 @@ def _add_data_options(p: argparse.ArgumentParser, mode_default: str | None = "gr
                    help="drop low-detail images whose relFCs is above X")  # fmt: skip
     if mode_default is not None:
         g.add_argument("--mode", choices=("gray", "rgb"), default=mode_default, help="colour mode of the cache")
-    g.add_argument("--split-seed", type=_seed, default=0, help="seed of the stored train/val/test split (default 0)")
+    g.add_argument("--split-seed", type=_seed, default=seed_default, help="seed of the stored train/val/test split "
+                   + ("(default 0)" if seed_default == 0 else "(default: the one the model was trained with)"))  # fmt: skip
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="where decoded images are cached (default $EMODETECT_CACHE or ~/.cache/emodetect)")  # fmt: skip
 
@@ -334,11 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="append", required=True, metavar="[NAME=]DATA",
                    help="Kaggle zip or a folder in the same layout; repeat it to score several datasets as one")  # fmt: skip
     p.add_argument("--split", choices=("auto", "all", "train", "val", "test"), default="auto",
-                   help="images to score; auto: the test split for the model's own training data, else all")  # fmt: skip
+                   help="images to score; auto: the stored test split of each of the model's own training datasets, "
+                        "every image of any other")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--corruptions", action="store_true",
                    help="also score under grayscale, 48 px, JPEG 30, blur, noise, rotation and off-centre framing")  # fmt: skip
-    _add_data_options(p, mode_default=None)
+    _add_data_options(p, mode_default=None, seed_default=None)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("embed", help="K-Means, t-SNE and UMAP of a trained model's test-split embeddings")

@@ -56,14 +56,14 @@ def _flag(owner, name, v) -> None:
 class DataConfig:
     label_source: str = "folder"
     relfcs_max: float | None = None
-    split_seed: int = 0
+    split_seed: int | None = 0  # None (evaluate only): the seed the model was trained with
     limit_per_class: int | None = None  # keep at most this many train images per class (quick runs)
 
     def __post_init__(self):
         _choice("data", "label_source", self.label_source, LABEL_SOURCES)
         if self.relfcs_max is not None:
             _number("data", "relfcs_max", self.relfcs_max, 0, 1, lo_open=True)
-        _integer("data", "split_seed", self.split_seed)
+        _integer("data", "split_seed", self.split_seed, none_ok=True)
         _integer("data", "limit_per_class", self.limit_per_class, lo=1, none_ok=True)
 
 

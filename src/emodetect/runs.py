@@ -7,6 +7,7 @@ fitting, evaluating, calibrating and drawing live in the layers below.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,8 +16,9 @@ import numpy as np
 
 from emodetect import plots
 from emodetect.config import DataConfig
-from emodetect.data import Dataset, load_datasets
-from emodetect.data.dataset import DataSource
+from emodetect.data import Dataset, load_dataset, load_datasets
+from emodetect.data.dataset import DataSource, concat, parse_sources
+from emodetect.data.source import Source
 from emodetect.data.split import SPLITS
 from emodetect.errors import EmodetectError
 from emodetect.evaluation.calibration import calibrate
@@ -196,27 +198,39 @@ def load_run(run_dir) -> Run:
 
 def evaluate_model(model, data, *, split: str = "auto", data_cfg: DataConfig = DataConfig(), cache_dir=None,
                    corruptions: bool = False, log=None) -> dict:  # fmt: skip
-    """Metrics of a model (shipped name, file or run folder) on a dataset. split 'auto' scores the stored test
-    split when the data is the one the model was trained on (its training images would flatter it), and every
-    image otherwise; no duplicate search is run for a dataset that is only scored whole."""
+    """Metrics of a model (shipped name, file or run folder) on one dataset or several scored as one.
+
+    split 'auto' decides dataset by dataset: the stored test split of each one the model was trained on (its
+    training images would flatter it), split with the seed it was trained with, and every image of any other;
+    no duplicate search is run for a dataset that is only scored whole. `data_cfg.split_seed` None means the
+    model's own seed (0 when it records none)."""
     artifact = resolve_artifact(model)
     if split not in ("auto", "all", *SPLITS):
         raise EmodetectError(f"unknown split {split!r}")
-    trained_on = artifact.meta.get("source")
-    ds = load_datasets(data, mode=artifact.preprocess.mode, label_source=data_cfg.label_source,
-                       relfcs_max=data_cfg.relfcs_max, seed=data_cfg.split_seed, cache_dir=cache_dir,
-                       progress=log is not None, split=split != "all")  # fmt: skip
-    if split == "auto":
-        seen = {artifact.meta.get("fingerprint")} | {d.get("fingerprint") for d in (artifact.meta.get("datasets") or {}).values()}
-        same = ds.info["fingerprint"] in seen - {None}  # the training data, or one of the datasets it was trained on
-        split = "test" if same else "all"
-        if same and log:
-            log(f"{data} is the model's training data ({trained_on}): scoring its stored test split "
-                "(--split all to override)")  # fmt: skip
-    if split != "all":
-        ds = ds.subset(split)
-        if not len(ds):
-            raise EmodetectError(f"the {split} split of {data} is empty with these settings")
+    seen = {artifact.meta.get("fingerprint")} | {d.get("fingerprint") for d in (artifact.meta.get("datasets") or {}).values()}
+    seed = data_cfg.split_seed
+    if seed is None:
+        seed = (artifact.meta.get("data") or {}).get("split_seed", 0)
+    parts, chosen = [], {}
+    for source in parse_sources([data] if isinstance(data, (str, os.PathLike, DataSource)) else list(data)):
+        use = split
+        if split == "auto":  # the model's own training data (by content, whatever its name or path now)
+            use = "test" if Source(source.path).fingerprint() in seen - {None} else "all"
+            if use == "test" and log:
+                log(f"{source.name} is one of the model's training datasets: scoring its stored test split "
+                    f"(split seed {seed}; --split all to override)")  # fmt: skip
+        ds = load_dataset(source.path, name=source.name, mode=artifact.preprocess.mode, label_source=data_cfg.label_source,
+                          relfcs_max=data_cfg.relfcs_max, seed=seed, cache_dir=cache_dir, progress=log is not None,
+                          split=use != "all")  # fmt: skip
+        if use != "all":
+            ds = ds.subset(use)
+            if not len(ds):
+                raise EmodetectError(f"the {use} split of {source.path} is empty with these settings")
+        parts.append(ds)
+        chosen[source.name] = use
+    ds = concat(parts)
+    split = next(iter(chosen.values())) if len(set(chosen.values())) == 1 else \
+        ", ".join(f"{name}: {use}" for name, use in chosen.items())  # fmt: skip
     predictor = Predictor(artifact)
     ev = evaluate(predictor, {"eval": ds}, speed_images=None)
     result = ev.metrics["eval"]
