@@ -80,6 +80,19 @@ def test_export_command_writes_the_graph_and_refuses_bad_targets(tiny_file, tmp_
     assert not (tmp_path / "same.onnx").exists()
 
 
+def test_an_int8_copy_that_is_not_kept_leaves_no_earlier_graph_behind(tiny_file, tmp_path, capsys, monkeypatch):
+    import emodetect.runs
+
+    old = tmp_path / "q.onnx"
+    old.write_bytes(b"an earlier export's int8 graph")
+    report = {"kept": False, "val_int8_accuracy": 0.5, "val_fp32_accuracy": 0.6, "val_change": -0.1, "change": -0.1,
+              "n_val_images": 10, "n_images": 10}  # fmt: skip
+    monkeypatch.setattr(emodetect.runs, "quantize_and_check", lambda *a, **k: report)
+    assert main(["export", str(tiny_file), "--onnx", str(tmp_path / "x.onnx"), "--int8", str(old),
+                 "--data", str(tmp_path)]) == 0  # fmt: skip
+    assert not old.exists() and f"the earlier {old} was removed" in capsys.readouterr().out
+
+
 @pytest.mark.real_data
 @pytest.mark.parametrize("name", ["default", "fast"])
 def test_the_shipped_models_export_within_1e4_of_pytorch_on_real_faces(name, real_faces, tmp_path):

@@ -262,11 +262,15 @@ def cmd_export(args) -> int:
         from emodetect.runs import quantize_and_check
 
         report = quantize_and_check(artifact, data, args.int8, args.data, cache_dir=args.cache_dir)
+        stale = not report["kept"] and args.int8.is_file()
+        if stale:  # an earlier export's graph must not stay beside this model as if it were its own
+            args.int8.unlink()
         print(f"int8: validation accuracy {report['val_int8_accuracy']:.4f} against {report['val_fp32_accuracy']:.4f} "
               f"in fp32 ({100 * report['val_change']:+.2f} points on {report['n_val_images']:,} images; test "
               f"{100 * report['change']:+.2f} points on {report['n_images']:,}); "
               + (f"kept: {args.int8} ({report['bytes'] / 1e6:.2f} MB)" if report["kept"] else
-                 "not kept (it costs more than 0.5 points on validation)"))  # fmt: skip
+                 "not kept (it costs more than 0.5 points on validation)"
+                 + (f"; the earlier {args.int8} was removed" if stale else "")))  # fmt: skip
     return 0
 
 
