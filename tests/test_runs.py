@@ -91,6 +91,15 @@ def test_classical_run_and_unknown_names(tiny_dataset, tmp_path):
         train("nope", data, tmp_path / "y", cache_dir=cache, progress=False)
 
 
+def test_a_margin_classifier_trains_on_two_classes(tmp_path):
+    from conftest import make_dataset
+
+    make_dataset(tmp_path / "two", n_per_class=30, seed=1, classes=("happy", "sad"))
+    r = train("hog_lbp_svm", tmp_path / "two", tmp_path / "svm", cache_dir=tmp_path / "cache", progress=False,
+              log=lambda m: None)  # fmt: skip
+    assert r["test"]["n_images"] > 0 and r["test"]["accuracy"] > 0.5  # synthetic happy and sad faces differ
+
+
 def test_missing_model_file_is_a_clear_cli_error(tmp_path, tiny_dataset, capsys):
     rc = main(["evaluate", "--model", str(tmp_path / "missing.safetensors"), "--data", tiny_dataset.info["source"]])
     assert rc == 2 and "model file not found" in capsys.readouterr().err

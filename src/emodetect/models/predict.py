@@ -145,6 +145,8 @@ class Predictor:
                 s = np.log(np.clip(pipe.predict_proba(x), 1e-12, 1))
             else:
                 s = pipe.decision_function(x)
+                if s.ndim == 1:  # two classes: one margin, for classes_[1]
+                    s = np.stack([-s, s], 1)
             out[start : start + len(x), pipe.classes_] = s
         return out
 
