@@ -368,3 +368,13 @@ def test_tampered_pipelines_are_refused_before_they_run(tmp_path, tiny_dataset, 
     monkeypatch.setattr(artifact, "MAX_SCHEMA_BYTES", 1000)  # a schema that inflates in memory
     with pytest.raises(EmodetectError, match="schema declares"):
         load_artifact(_dump(tmp_path / "big_schema.skops", rf, "random_forest"))
+
+
+def test_a_shipped_name_means_the_shipped_model_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    from emodetect.models.artifact import resolve_artifact
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()  # say, `emodetect train ... --out default`
+    assert resolve_artifact("default").path.parent.name == "weights"
+    with pytest.raises(EmodetectError, match="no model file"):
+        resolve_artifact("./default")

@@ -160,10 +160,11 @@ def find_model_file(path: str | Path) -> Path:
 
 
 def resolve_artifact(model: str | Path | None = None) -> Artifact:
-    """A shipped model by name (None or "default": the default model; "fast"), a model file or a run folder."""
+    """A shipped model by name (None or "default": the default model; "fast"), a model file or a run folder. A
+    shipped name always means the shipped model, even where a folder of that name exists (``./default`` is it)."""
     from importlib import resources
 
-    if model is None or (isinstance(model, str) and model in SHIPPED_MODELS and not Path(model).exists()):
+    if model is None or (isinstance(model, str) and model in SHIPPED_MODELS):
         name = SHIPPED_MODELS[model or "default"]
         shipped = resources.files("emodetect.weights").joinpath(name)
         if not shipped.is_file():
