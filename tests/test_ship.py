@@ -160,7 +160,7 @@ def test_ship_int8_keeps_a_graph_of_these_weights_that_load_model_runs(tmp_path,
     assert "int8" not in (weights / "MODEL_CARD.md").read_text()
 
 
-def test_an_int8_graph_of_other_weights_is_never_used(tmp_path):
+def test_an_int8_graph_of_other_weights_is_never_used(tmp_path, monkeypatch):
     import shutil
 
     import torch
@@ -185,6 +185,11 @@ def test_an_int8_graph_of_other_weights_is_never_used(tmp_path):
     with pytest.raises(ValueError, match="no int8 graph"):
         Predictor(first, backend="int8")
     assert Predictor(load_artifact(files[1]), tta_flip=True).backend == "fused"  # the graph has no mirror average
+    monkeypatch.setattr("emodetect.models.predict.onnxruntime_available", lambda: False)  # a --no-deps install
+    assert Predictor(first).backend == "fused"
+    for backend in ("onnx", "int8"):
+        with pytest.raises(ValueError, match=f"the {backend} backend needs onnxruntime"):
+            Predictor(first, backend=backend)
 
 
 def test_the_card_says_what_a_student_was_distilled_from_and_started_at():

@@ -110,6 +110,8 @@ class Predictor:
             fused = fuse(artifact.model, self.pre.size, self.pre.channels)
             self.model = MirrorAveraged(fused) if self.tta_flip else fused
         elif self.backend in ("onnx", "int8"):
+            if not onnxruntime_available():
+                raise ValueError(f"the {self.backend} backend needs onnxruntime (pip install onnxruntime)")
             if not own_mirror:
                 raise ValueError(f"the {self.backend} backend uses the model's own mirror-average setting")
             from emodetect.models.export import cached_onnx, onnx_session
