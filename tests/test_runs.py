@@ -79,6 +79,20 @@ def test_embed_writes_numbers_and_plots(tiny_run, capsys):
     assert {"ari", "nmi", "silhouette_clusters", "k"} <= set(e) and (out / "embeddings.png").exists()
 
 
+def test_a_run_whose_relative_data_path_is_not_found_from_here_asks_for_data(tiny_dataset, tmp_path, monkeypatch,
+                                                                              capsys):  # fmt: skip
+    import shutil
+
+    shutil.copytree(tiny_dataset.info["source"], tmp_path / "work" / "data")
+    cache = tiny_dataset.info["cache"].rsplit("/", 1)[0]
+    monkeypatch.chdir(tmp_path / "work")
+    train("logreg", "data", "run", params={"pca__n_components": 5}, cache_dir=cache, progress=False, log=lambda m: None)
+    monkeypatch.chdir(tmp_path)
+    assert main(["embed", "work/run", "--cache-dir", cache]) == 2
+    assert "its dataset data is not found from here; pass --data PATH" in capsys.readouterr().err
+    assert main(["embed", "work/run", "--data", "work/data", "--cache-dir", cache]) == 0
+
+
 def test_classical_run_and_unknown_names(tiny_dataset, tmp_path):
     data = tiny_dataset.info["source"]
     cache = tiny_dataset.info["cache"].rsplit("/", 1)[0]

@@ -349,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="K-Means, t-SNE and UMAP of a trained model's test-split embeddings")
     p.add_argument("run_dir", type=Path, help="a run directory written by `emodetect train`")
-    p.add_argument("--data", type=Path, default=None, help="dataset (default: the one the run was trained on)")
+    p.add_argument("--data", action="append", default=None, metavar="[NAME=]DATA",
+                   help="the run's dataset where it has moved (repeat it, named as in training, for several; "
+                        "default: the recorded one)")  # fmt: skip
     p.add_argument("--split", choices=("train", "val", "test"), default="test")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=cmd_embed)
@@ -417,7 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, help="a run directory written by `emodetect train`")
     p.add_argument("--dest", type=Path, default=None, help="weights folder (default: the installed package's)")
     p.add_argument("--name", choices=("default", "fast"), default="default", help="which shipped model to replace")
-    p.add_argument("--data", type=Path, default=None, help="dataset (default: the one the run was trained on)")
+    p.add_argument("--data", action="append", default=None, metavar="[NAME=]DATA",
+                   help="the run's dataset where it has moved (repeat it, named as in training, for several; "
+                        "default: the recorded one)")  # fmt: skip
     p.add_argument("--command-note", default=None, metavar="TEXT", help="the training command, quoted in the model card")
     p.add_argument("--int8", action="store_true", help="also an int8 ONNX graph beside the weights, which load_model "
                    "then runs (with onnxruntime); kept only if it loses <= 0.5 points of validation accuracy")  # fmt: skip

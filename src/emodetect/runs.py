@@ -178,9 +178,15 @@ class Run:
         """(all, train, val, test) of the data the run was trained on (or `data`), as it was split then."""
         datasets = self.artifact.meta.get("datasets") or {}
         recorded = [f"{n}={d['path']}" for n, d in datasets.items()] if len(datasets) > 1 else None
-        data = data or recorded or self.artifact.meta.get("source")
         if not data:
-            raise EmodetectError(f"{self.path}: the run does not record its dataset; pass --data")
+            data = recorded or self.artifact.meta.get("source")
+            if not data:
+                raise EmodetectError(f"{self.path}: the run does not record its dataset; pass --data")
+            sources = parse_sources([data] if isinstance(data, str) else data)
+            missing = [str(s.path) for s in sources if not Path(s.path).exists()]
+            if missing:  # recorded as given to `train`: a relative path is relative to where it ran
+                raise EmodetectError(f"{self.path}: its dataset {missing[0]} is not found from here; pass --data "
+                                     + (f"NAME=PATH for each of {', '.join(datasets)}" if recorded else "PATH"))
         return load_splits(data, self.data_config, self.artifact.preprocess.mode, cache_dir, progress)
 
 
