@@ -107,3 +107,19 @@ def test_the_shipped_models_export_within_1e4_of_pytorch_on_real_faces(name, rea
     (onnx_proba,) = onnx_session(export_onnx(art)).run(["probabilities"], {"images": at_size})
     torch_proba = Predictor(art, backend="torch").predict_proba(at_size)
     assert np.abs(onnx_proba - torch_proba).max() <= 1e-4
+
+
+def test_the_onnx_cache_keeps_the_most_recently_used_graphs(tiny_file, tmp_path):
+    import os
+
+    from emodetect.models.export import ONNX_CACHE_KEEP, cached_onnx
+
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    for i in range(ONNX_CACHE_KEEP + 4):  # graphs of networks trained earlier, oldest first
+        (folder / f"old{i}.onnx").write_bytes(b"x")
+        os.utime(folder / f"old{i}.onnx", (1000 + i, 1000 + i))
+    graph = cached_onnx(load_artifact(tiny_file), cache_dir=tmp_path)
+    left = sorted(p.name for p in folder.glob("*.onnx"))
+    assert len(left) == ONNX_CACHE_KEEP and not {f"old{i}.onnx" for i in range(5)} & set(left)
+    assert cached_onnx(load_artifact(tiny_file), cache_dir=tmp_path) == graph  # and it is found again

@@ -165,15 +165,27 @@ def cached_onnx(artifact, cache_dir: str | Path | None = None) -> bytes:
     path = Path(cache_dir or default_cache_dir()) / "onnx" / f"{artifact.name}-{digest.hexdigest()[:20]}.onnx"
     try:
         if path.is_file():
-            return path.read_bytes()
+            data = path.read_bytes()
+            os.utime(path)  # recently used: kept by the pruning below
+            return data
     except OSError:
         pass
     data = export_onnx(artifact)
     try:
         atomic_write(path, data)
+        _prune(path.parent, ONNX_CACHE_KEEP)
     except OSError:  # a read-only cache: export every time, still correct
         pass
     return data
+
+
+ONNX_CACHE_KEEP = 16  # graphs kept in the cache (every trained network adds one): the most recently used
+
+
+def _prune(folder: Path, keep: int) -> None:
+    graphs = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in graphs[keep:]:
+        old.unlink(missing_ok=True)
 
 
 def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
