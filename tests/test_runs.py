@@ -93,6 +93,18 @@ def test_a_run_whose_relative_data_path_is_not_found_from_here_asks_for_data(tin
     assert main(["embed", "work/run", "--data", "work/data", "--cache-dir", cache]) == 0
 
 
+def test_resume_refuses_a_checkpoint_trained_on_other_data(tiny_dataset, tmp_path):
+    from emodetect.config import DataConfig
+
+    data, cache = tiny_dataset.info["source"], tiny_dataset.info["cache"].rsplit("/", 1)[0]
+    quiet = dict(params={"epochs": 1, "batch_size": 16, "warmup_epochs": 0}, cache_dir=cache, progress=False,
+                 log=lambda m: None)  # fmt: skip
+    train("tiny", data, tmp_path / "r", **quiet)
+    with pytest.raises(EmodetectError, match="trained on other data or data options"):
+        train("tiny", data, tmp_path / "r", data_cfg=DataConfig(label_source="csv"), resume=True, **quiet)
+    assert train("tiny", data, tmp_path / "r", resume=True, **quiet)["fit"]["epochs_run"] == 1  # the same data
+
+
 def test_classical_run_and_unknown_names(tiny_dataset, tmp_path):
     data = tiny_dataset.info["source"]
     cache = tiny_dataset.info["cache"].rsplit("/", 1)[0]

@@ -96,6 +96,13 @@ def test_rerun_reuses_finished_stages_and_redoes_changed_ones(tiny_study, monkey
     changed = {**TINY, "models": {**TINY["models"], "logreg": {"pca__n_components": 6, "clf__max_iter": 200}}}
     run_study(data, out, preset="quick", config=changed, cache_dir=cache, log=lambda m: None)
     assert calls == ["logreg"]  # only the changed model
+    # other data options: every model afresh, never resumed from a finished checkpoint trained on other labels
+    calls.clear()
+    monkeypatch.setattr(runs, "train", lambda model, *a, **k: calls.append((model.name, k["resume"])) or
+                        real_train(model, *a, **k))  # fmt: skip
+    run_study(data, out, preset="quick", config={**changed, "data": {"label_source": "csv"}}, cache_dir=cache,
+              log=lambda m: None)  # fmt: skip
+    assert sorted(calls) == [("logreg", False), ("tiny", False)]
 
 
 @pytest.mark.real_data

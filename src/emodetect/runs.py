@@ -85,6 +85,14 @@ def _data_sources(data) -> list[str]:
 # ------------------------------------------------------------------------------------------------ train
 
 
+DATA_FILE = "data.json"  # in a run folder: the data its checkpoint is trained on
+
+
+def data_identity(data_cfg: DataConfig, fingerprint: str) -> dict:
+    """What a run's data is, for resuming: the data options and the content of the datasets."""
+    return {"data": asdict(data_cfg), "fingerprint": fingerprint}
+
+
 def train(model: str | ModelConfig, data, out_dir, *, params: dict | None = None, data_cfg: DataConfig = DataConfig(),
           resume: bool = False, cache_dir=None, progress: bool = True, log=print) -> dict:  # fmt: skip
     """Fit a model on the stored train split of `data` (one dataset or several), calibrate it on val, save it
@@ -94,7 +102,12 @@ def train(model: str | ModelConfig, data, out_dir, *, params: dict | None = None
     if resume and not (out / CHECKPOINT).is_file():
         raise EmodetectError(f"--resume: no checkpoint at {out / CHECKPOINT}")
     ds, tr, va, te = load_splits(data, data_cfg, cfg.preprocess.mode, cache_dir, progress)
+    identity = data_identity(data_cfg, ds.info["fingerprint"])
+    if resume and read_json(out / DATA_FILE) not in (None, identity):  # (None: a run from before the file existed)
+        raise EmodetectError(f"--resume: the checkpoint in {out} was trained on other data or data options "
+                             f"({out / DATA_FILE}); train into a new folder")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
+    write_json(out / DATA_FILE, identity)  # before the first epoch: what a checkpoint here was trained on
     log(f"{cfg.name}: train {len(tr):,}, val {len(va):,}, test {len(te):,} images ({ds.info['label_source']} labels)")
     t0 = time.perf_counter()
     if cfg.kind == "torch":

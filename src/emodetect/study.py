@@ -214,13 +214,10 @@ def _train_stage(model: ModelConfig, data, run_dir: Path, data_cfg, fingerprint,
     if run_is_current(run_dir, model, data_cfg, fingerprint):
         log(f"  {model.name}: finished earlier, reused ({run_dir})")
         return read_json(run_dir / "metrics.json")
-    resume = False
-    ckpt = run_dir / CHECKPOINT
-    if ckpt.exists():
-        resume = resumable(checkpoint_config(ckpt), model.to_dict())
-        if not resume:
-            ckpt.unlink()  # written by another config: start over
-    elif run_dir.exists():
+    ckpt = run_dir / CHECKPOINT  # resumed only when it was written with this config on this very data
+    resume = ckpt.exists() and resumable(checkpoint_config(ckpt), model.to_dict()) and \
+        read_json(run_dir / runs.DATA_FILE) == runs.data_identity(data_cfg, fingerprint)  # fmt: skip
+    if not resume and run_dir.exists():
         shutil.rmtree(run_dir)  # a stale or different run: its files must not mix with the new ones
     result = runs.train(model, data, run_dir, data_cfg=data_cfg, resume=resume, cache_dir=cache_dir,
                         log=lambda m: log(f"  {m}"))  # fmt: skip
