@@ -216,7 +216,9 @@ def test_distillation_tilts_a_corrected_teacher_by_the_students_own_class_weight
                              {"width": 8})  # fmt: skip
     student = np.array([0.3, -0.2, 0.1, 0.0, 0.0, -0.4, 0.2, 0.0])  # the student's own prior offsets
     served = Predictor(load_artifact(corrected), backend="onnx").logits(tr.images)
+    state = torch.get_rng_state()
     soft, _ = loop._teacher(replace(TINY, teacher=str(corrected)), tr, lambda m: None, student)
+    assert torch.equal(torch.get_rng_state(), state)  # so a resumed run draws what an uninterrupted one does
     np.testing.assert_allclose(soft.numpy(), served - student.astype(np.float32), atol=1e-4)
     soft, _ = loop._teacher(replace(TINY, teacher=str(plain)), tr, lambda m: None, student)  # uncorrected: as it is
     np.testing.assert_allclose(soft.numpy(), served, atol=1e-4)

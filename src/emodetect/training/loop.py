@@ -497,9 +497,15 @@ def _teacher(cfg: TrainConfig, train: Dataset, log,
              offsets: np.ndarray | None = None) -> tuple[torch.Tensor | None, OnlineTeacher | None]:  # fmt: skip
     """Distillation's soft targets: (the teacher's logits on the clean train images, computed once, None) or
     (None, the teacher itself, to score every augmented batch); (None, None) without a teacher. `offsets`: the
-    student's own prior offsets (see `teacher_shift`)."""
+    student's own prior offsets (see `teacher_shift`). It leaves torch's global random state as it found it
+    (building a network draws from it): a resumed run then draws what an uninterrupted one does."""
     if not cfg.teacher:
         return None, None
+    with torch.random.fork_rng(devices=[]):
+        return _make_teacher(cfg, train, log, offsets)
+
+
+def _make_teacher(cfg: TrainConfig, train: Dataset, log, offsets) -> tuple[torch.Tensor | None, OnlineTeacher | None]:
     from emodetect.models.artifact import resolve_artifact
     from emodetect.models.predict import Predictor
 
