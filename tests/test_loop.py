@@ -302,6 +302,11 @@ def test_class_masks_follow_each_dataset_s_own_classes():
     m = class_masks(labels, sources, n_classes=4)
     assert m[:3].tolist() == [[True, True, True, False]] * 3 and m[3:].tolist() == [[True, False, True, True]] * 3
     assert class_masks(np.array([0, 1, 0, 1]), np.array(["a", "a", "b", "b"], dtype=object), n_classes=2) is None
+    # a class no dataset labels stays a negative everywhere (masked out, its output would never be trained)
+    one = class_masks(np.array([0, 1, 0]), np.array(["fer", "fer", "fer"], dtype=object), n_classes=3)
+    assert one is None
+    m = class_masks(np.array([0, 1, 0, 2]), np.array(["a", "a", "b", "b"], dtype=object), n_classes=4)
+    assert m.tolist() == [[True, True, False, True]] * 2 + [[True, False, True, True]] * 2
 
 
 def test_training_on_two_datasets_with_different_classes(tmp_path):

@@ -363,8 +363,12 @@ def prior_offsets(labels: np.ndarray, weight: torch.Tensor | None, factors: np.n
 
 
 def class_masks(labels: np.ndarray, sources: np.ndarray, n_classes: int = len(CLASSES)) -> torch.Tensor | None:
-    """(N, K) bool: the classes each row's dataset labels at all; None when every dataset has every class."""
+    """(N, K) bool: the classes each row's dataset labels at all, and those no dataset labels (true negatives
+    for everyone, as in a plain cross-entropy: masked out everywhere, their outputs would never be trained);
+    None when that is every class for every row."""
     table = {s: np.bincount(labels[sources == s], minlength=n_classes) > 0 for s in dict.fromkeys(sources.tolist())}
+    nowhere = ~np.logical_or.reduce(list(table.values()))
+    table = {s: m | nowhere for s, m in table.items()}
     if all(m.all() for m in table.values()):
         return None
     return torch.from_numpy(np.stack([table[s] for s in sources.tolist()]))
