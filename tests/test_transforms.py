@@ -95,6 +95,17 @@ def test_corruptions_keep_shape_and_are_deterministic(name):
         corrupt(rgb, "fog")
 
 
+def test_the_jpeg_corruption_is_the_training_augmentations_jpeg_at_quality_30():
+    from emodetect.data.transforms import jpeg_batch
+
+    x = _faces()  # (N, 3, H, W) uint8, in colour: OpenCV's BGR order must not swap red and blue in the encoder
+    want = jpeg_batch(x, torch.ones(len(x), dtype=torch.bool), torch.full((len(x),), 30))
+    np.testing.assert_array_equal(corrupt(x.permute(0, 2, 3, 1).numpy(), "jpeg30"), want.permute(0, 2, 3, 1).numpy())
+    gray = x[:, :1]
+    np.testing.assert_array_equal(corrupt(gray[:, 0].numpy(), "jpeg30"),
+                                  jpeg_batch(gray, torch.ones(len(x), dtype=torch.bool), torch.full((len(x),), 30))[:, 0].numpy())  # fmt: skip
+
+
 def test_reframe_turns_one_models_input_into_anothers():
     from emodetect.data.transforms import reframe
 

@@ -343,8 +343,11 @@ def _warp(images: np.ndarray, matrix_for) -> np.ndarray:
 
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    """The image (gray, or RGB: OpenCV encodes BGR) re-encoded as JPEG at `quality`, as `jpeg_batch` does."""
+    rgb = img.ndim == 3
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]) if rgb else img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    dec = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    return np.ascontiguousarray(dec[..., ::-1]) if rgb else dec
 
 
 CORRUPTIONS = {
