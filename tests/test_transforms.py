@@ -95,6 +95,14 @@ def test_corruptions_keep_shape_and_are_deterministic(name):
         corrupt(rgb, "fog")
 
 
+@pytest.mark.parametrize("size", [64, 88, 96, 112])
+def test_augmentation_at_strength_0_is_the_eval_preset_at_any_input_size(size):
+    pre = Preprocess(size=size, mode="rgb", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    x = _faces()  # 96 px: a downscale to 64 and 88 (the fast model), none at 96, an upscale to 112
+    out = augment_batch(x, pre, Augment(**STILL), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, to_model_input(x, pre), atol=1e-4, rtol=0)
+
+
 def test_the_jpeg_corruption_is_the_training_augmentations_jpeg_at_quality_30():
     from emodetect.data.transforms import jpeg_batch
 

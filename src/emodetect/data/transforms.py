@@ -272,8 +272,8 @@ def _affine(x: torch.Tensor, size: int, aug: Augment, generator) -> torch.Tensor
         [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
     )  # (B, 2, 3): output coords -> input coords
     grid = F.affine_grid(theta, (b, x.shape[1], size, size), align_corners=False)
-    if x.shape[-1] > 2 * size:  # a big downscale aliases without a low-pass first
-        x = F.interpolate(x, size=(2 * size, 2 * size), mode="bilinear", antialias=True)
+    if x.shape[-1] > size:  # a downscale first, as the eval preset makes it (antialiased): identity at strength 0
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
