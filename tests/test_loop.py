@@ -88,6 +88,16 @@ def test_a_run_stopped_early_resumes_with_more_patience_as_if_it_had_never_stopp
         torch.testing.assert_close(v, resumed.state_dict()[k], rtol=0, atol=0)
 
 
+def test_patience_reached_at_the_last_epoch_is_a_full_run_not_an_early_stop(tiny_dataset):
+    tr, va = _splits(tiny_dataset)
+    said = []
+    cfg = replace(TINY, epochs=3, lr=0.0, schedule="constant", patience=2)  # nothing improves after epoch 1
+    _, hist, info = fit(cfg, tr, va, progress=False, log=said.append)
+    assert len(hist) == 3 and not info["stopped_early"] and not any("early stopping" in m for m in said)
+    _, hist, info = fit(replace(cfg, epochs=5), tr, va, progress=False, log=said.append)
+    assert len(hist) == 3 and info["stopped_early"] and "early stopping" in said[-1]
+
+
 def test_resume_refuses_less_patience_where_the_run_would_have_stopped_earlier(tiny_dataset, tmp_path):
     from emodetect.training.loop import _stop_epoch
 

@@ -154,3 +154,14 @@ def test_evaluate_corruptions_scores_each_corruption(tiny_run, capsys):
     assert main(["evaluate", "--model", str(out), "--data", data, "--corruptions", "--cache-dir", cache]) == 0
     text = capsys.readouterr().out
     assert "lowres48" in text and "points" in text and "by file format" in text
+
+
+def test_the_curves_mark_the_epoch_that_was_kept():
+    from emodetect import plots
+
+    history = [{"epoch": e, "train_loss": 1.0, "val_loss": 1.0, "train_accuracy": 0.5, "val_accuracy": a}
+               for e, a in ((1, 0.5), (2, 0.7), (3, 0.6))]  # fmt: skip
+    for best, want in ((None, 2), (3, 3)):  # kept on another monitor (macro-F1, say): epoch 3
+        fig = plots.curves(history, best_epoch=best)
+        marks = [line.get_xdata()[0] for line in fig.axes[1].lines if line.get_linestyle() == ":"]
+        assert marks == [want]

@@ -129,8 +129,9 @@ def histograms(groups: dict[str, np.ndarray], *, bins: int = 40, title: str = ""
     return fig
 
 
-def curves(history: list[dict], *, title: str = ""):
-    """Training curves: loss and accuracy per epoch, train and validation."""
+def curves(history: list[dict], *, title: str = "", best_epoch: int | None = None):
+    """Training curves: loss and accuracy per epoch, train and validation; a dotted line at the kept epoch
+    (`best_epoch`, 1-based; default: the best validation accuracy)."""
     fig = _figure(9, 3.4)
     ax1, ax2 = fig.subplots(1, 2)
     ep = [h["epoch"] for h in history]
@@ -143,8 +144,8 @@ def curves(history: list[dict], *, title: str = ""):
         ax.set(xlabel="epoch", ylabel=key)
         ax.grid(alpha=0.3)
         ax.legend()
-    best = max(history, key=lambda h: h["val_accuracy"])
-    ax2.axvline(best["epoch"], color="gray", linestyle=":", linewidth=1)
+    best = best_epoch or max(history, key=lambda h: h["val_accuracy"])["epoch"]
+    ax2.axvline(best, color="gray", linestyle=":", linewidth=1)
     if title:
         fig.suptitle(title)
     return fig

@@ -165,7 +165,8 @@ def write_run(out: Path, result: dict, ev: Evaluation, splits: dict[str, Dataset
     plots.save(plots.bars(None, names, series=series, title=f"{result['model']}: per-class F1", ylabel="F1"),
                out / "per_class_f1.png")  # fmt: skip
     if result.get("history"):
-        plots.save(plots.curves(result["history"], title=result["model"]), out / "curves.png")
+        plots.save(plots.curves(result["history"], title=result["model"], best_epoch=(result.get("fit") or {}).get("best_epoch")),
+                   out / "curves.png")  # fmt: skip
     c = result["calibration"]
     fig = plots.reliability_diagram({"before": c["before"], f"after (T={c['temperature']:.2f})": c["after"]},
                                     title=f"{result['model']}: validation reliability")  # fmt: skip

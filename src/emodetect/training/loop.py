@@ -456,13 +456,14 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
             f"{row['seconds']:.0f}s" + ("  *" if stale == 0 else ""))  # fmt: skip
         if ckpt_path is not None:
             _save_checkpoint(ckpt_path, model, optimizer, scheduler, generator, history, epoch, best, cfg, ema)
-    if stale >= cfg.patience:
+    stopped_early = stale >= cfg.patience and len(history) < cfg.epochs  # (patience reached at the last epoch: a full run)
+    if stopped_early:
         log(f"early stopping: no {cfg.monitor} improvement for {cfg.patience} epochs; best epoch {best['epoch'] + 1}")
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
     info = {"best_epoch": best["epoch"] + 1, "best_score": best["score"], "monitor": cfg.monitor,
-            "epochs_run": len(history), "stopped_early": stale >= cfg.patience,
+            "epochs_run": len(history), "stopped_early": stopped_early,
             "train_seconds": sum(h["seconds"] for h in history)}  # fmt: skip
     if cfg.prior_correction and offsets.any():  # after early stopping: epochs were chosen on the fitted scores
         bias = output_bias(model)
