@@ -24,8 +24,7 @@ from emodetect.config import DataConfig
 from emodetect.data.transforms import to_uint8_input
 from emodetect.models.artifact import resolve_artifact
 from emodetect.models.export import export_onnx, onnx_session, shipped_int8
-from emodetect.models.fuse import MirrorAveraged, fuse
-from emodetect.models.predict import softmax
+from emodetect.models.predict import Predictor, softmax
 from emodetect.runs import calibrated_int8, load_splits
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -42,17 +41,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def torch_runner(model, pre, mirror: bool):
-    net = MirrorAveraged(model) if mirror else model
-    mean = torch.tensor(pre.mean).view(1, -1, 1, 1)
-    std = torch.tensor(pre.std).view(1, -1, 1, 1)
-
-    @torch.inference_mode()
-    def run(x_u8: np.ndarray) -> np.ndarray:  # (N, S, S, C) uint8 -> logits
-        x = ((torch.from_numpy(x_u8).permute(0, 3, 1, 2).float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
-        return net(x).numpy()
-
-    return run
+def torch_runner(art, backend: str):
+    """`Predictor`'s own PyTorch path: "torch" (channels-last weights, the mirror as a second pass) or "fused"
+    (batch norm and padding folded, the mirror in one batch of 2N); uint8 faces at the model's size in, logits out."""
+    predictor = Predictor(art, backend=backend)
+    return lambda x_u8: predictor.logits(x_u8)
 
 
 def onnx_runner(data):
@@ -95,12 +88,12 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         art = resolve_artifact(name)
-        pre, mirror = art.preprocess, bool(art.meta.get("tta_flip"))
+        pre = art.preprocess
         _, train, _, test = load_splits(data, DataConfig(), pre.mode, args.cache_dir, progress=False)
         faces = to_uint8_input(test.images, pre)  # every backend gets these exact pixels
         onnx_bytes = export_onnx(art)
-        runners = {"PyTorch": torch_runner(art.model, pre, mirror),
-                   "PyTorch fused": torch_runner(fuse(art.model, pre.size, pre.channels), pre, mirror),
+        runners = {"PyTorch": torch_runner(art, "torch"),
+                   "PyTorch fused": torch_runner(art, "fused"),
                    "ONNX Runtime fp32": onnx_runner(onnx_bytes)}  # fmt: skip
         sizes = {"PyTorch": art.path.stat().st_size, "PyTorch fused": art.path.stat().st_size, "ONNX Runtime fp32": len(onnx_bytes)}
         shipped = shipped_int8(art)
