@@ -16,6 +16,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from emodetect.data import load_datasets
@@ -44,6 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     artifact = resolve_artifact(args.model)
     predictor = Predictor(artifact)
+    predictor.predict_proba(np.zeros((8, 48, 48), np.uint8))  # warm-up: the first call builds the session
     print(f"model {artifact.name} ({artifact.preprocess.size} px {artifact.preprocess.mode}), "
           f"{torch.get_num_threads()} torch threads")  # fmt: skip
     rows = []

@@ -1,6 +1,6 @@
 """`emodetect predict` speed: detectors alone, photos end to end, and video, on 2 cores.
 
-    python bench/bench_predict.py [--model default] [--seconds 10]
+    python bench/bench_predict.py [--model default] [--seconds 8]
 
 Inputs are assembled at bench time from the shared AffectNet crops (faces enlarged and pasted onto smooth
 backgrounds; nothing is kept): 640x480 and 1280x720 photos with one face, 1280x720 photos with ten faces,
