@@ -109,7 +109,7 @@ def test_the_shipped_models_export_within_1e4_of_pytorch_on_real_faces(name, rea
     assert np.abs(onnx_proba - torch_proba).max() <= 1e-4
 
 
-def test_the_onnx_cache_keeps_the_most_recently_used_graphs(tiny_file, tmp_path):
+def test_the_onnx_cache_keeps_the_most_recently_used_graphs(tiny_file, tmp_path, monkeypatch):
     import os
 
     from emodetect.models.export import ONNX_CACHE_KEEP, cached_onnx
@@ -122,4 +122,8 @@ def test_the_onnx_cache_keeps_the_most_recently_used_graphs(tiny_file, tmp_path)
     graph = cached_onnx(load_artifact(tiny_file), cache_dir=tmp_path)
     left = sorted(p.name for p in folder.glob("*.onnx"))
     assert len(left) == ONNX_CACHE_KEEP and not {f"old{i}.onnx" for i in range(5)} & set(left)
-    assert cached_onnx(load_artifact(tiny_file), cache_dir=tmp_path) == graph  # and it is found again
+    mine = next(p for p in folder.glob("*.onnx") if not p.name.startswith("old"))
+    os.utime(mine, (2000, 2000))
+    monkeypatch.setattr("emodetect.models.export.export_onnx", lambda *a, **k: pytest.fail("exported again"))
+    assert cached_onnx(load_artifact(tiny_file), cache_dir=tmp_path) == graph  # found again, and marked as used
+    assert mine.stat().st_mtime > 2000

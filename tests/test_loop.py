@@ -235,7 +235,8 @@ def test_distillation_tilts_a_corrected_teacher_by_the_students_own_class_weight
     # an ensemble: the mean of its members' soft targets, each shifted as it would be alone
     soft, _ = loop._teacher(replace(TINY, teacher=[str(corrected), str(plain)]), tr, lambda m: None, student)
     np.testing.assert_allclose(soft.numpy(), served - student.astype(np.float32) / 2, atol=1e-4)
-    _, online = loop._teacher(replace(TINY, teacher=str(corrected), distill_views="augmented"), tr, lambda m: None, student)
+    _, online = loop._teacher(replace(TINY, teacher=[str(corrected)], distill_views="augmented"), tr, lambda m: None,
+                              student)  # a list of one is one teacher  # fmt: skip
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         raw = online.model(x)

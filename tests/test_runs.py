@@ -104,6 +104,15 @@ def test_resume_refuses_a_checkpoint_trained_on_other_data(tiny_dataset, tmp_pat
         train("tiny", data, tmp_path / "r", data_cfg=DataConfig(label_source="csv"), resume=True, **quiet)
     assert train("tiny", data, tmp_path / "r", resume=True, **quiet)["fit"]["epochs_run"] == 1  # the same data
 
+    def interrupted(msg):  # a fresh run on other data, killed before its first checkpoint
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train("tiny", data, tmp_path / "r", data_cfg=DataConfig(label_source="csv"),
+              **{**quiet, "log": interrupted})  # fmt: skip
+    with pytest.raises(EmodetectError, match="no checkpoint"):  # the earlier run's is gone, not taken as this one's
+        train("tiny", data, tmp_path / "r", data_cfg=DataConfig(label_source="csv"), resume=True, **quiet)
+
 
 def test_classical_run_and_unknown_names(tiny_dataset, tmp_path):
     data = tiny_dataset.info["source"]

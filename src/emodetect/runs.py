@@ -107,6 +107,8 @@ def train(model: str | ModelConfig, data, out_dir, *, params: dict | None = None
         raise EmodetectError(f"--resume: the checkpoint in {out} was trained on other data or data options "
                              f"({out / DATA_FILE}); train into a new folder")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
+    if not resume:  # an earlier run's checkpoint must never pass for one trained on the data recorded now
+        (out / CHECKPOINT).unlink(missing_ok=True)
     write_json(out / DATA_FILE, identity)  # before the first epoch: what a checkpoint here was trained on
     log(f"{cfg.name}: train {len(tr):,}, val {len(va):,}, test {len(te):,} images ({ds.info['label_source']} labels)")
     t0 = time.perf_counter()
@@ -235,7 +237,11 @@ def evaluate_model(model, data, *, split: str = "auto", data_cfg: DataConfig = D
     for source in parse_sources([data] if isinstance(data, (str, os.PathLike, DataSource)) else list(data)):
         use = split
         if split == "auto":  # the model's own training data (by content, whatever its name or path now)
-            use = "test" if Source(source.path).fingerprint() in seen - {None} else "all"
+            src = Source(source.path)
+            try:
+                use = "test" if src.fingerprint() in seen - {None} else "all"
+            finally:
+                src.close()
             if use == "test" and log:
                 log(f"{source.name} is one of the model's training datasets: scoring its stored test split "
                     f"(split seed {seed}; --split all to override)")  # fmt: skip

@@ -164,12 +164,15 @@ def cached_onnx(artifact, cache_dir: str | Path | None = None) -> bytes:
     digest.update(f"{__version__}-{OPSET}".encode())
     path = Path(cache_dir or default_cache_dir()) / "onnx" / f"{artifact.name}-{digest.hexdigest()[:20]}.onnx"
     try:
-        if path.is_file():
-            data = path.read_bytes()
-            os.utime(path)  # recently used: kept by the pruning below
-            return data
+        data = path.read_bytes() if path.is_file() else None
     except OSError:
-        pass
+        data = None
+    if data is not None:
+        try:
+            os.utime(path)  # recently used: kept by the pruning below
+        except OSError:  # a read-only cache: still used as it is
+            pass
+        return data
     data = export_onnx(artifact)
     try:
         atomic_write(path, data)

@@ -514,11 +514,11 @@ def _make_teacher(cfg: TrainConfig, train: Dataset, log, offsets) -> tuple[torch
     from emodetect.models.artifact import resolve_artifact
     from emodetect.models.predict import Predictor
 
-    if cfg.distill_views == "augmented":
-        artifact = resolve_artifact(cfg.teacher)
+    names = [cfg.teacher] if isinstance(cfg.teacher, str) else cfg.teacher
+    if cfg.distill_views == "augmented":  # one teacher (a list of one is allowed; the config refuses more)
+        artifact = resolve_artifact(names[0])
         log(f"distillation: {artifact.name} scores every augmented batch ({artifact.preprocess.size} px)")
         return None, OnlineTeacher(artifact, teacher_shift(artifact, offsets))
-    names = [cfg.teacher] if isinstance(cfg.teacher, str) else cfg.teacher
     t0, logits = time.perf_counter(), 0
     for name in names:  # an ensemble's soft targets: the mean of its members' logits, each shifted as one teacher's
         artifact = resolve_artifact(name)
