@@ -117,6 +117,11 @@ class Augment:
         return cls(**merge_dict(asdict(cls()), d, "augment"))
 
 
+def teacher_names(teacher) -> list:
+    """The `teacher` option as a list of models (one model, or an ensemble's members); [] for none."""
+    return [] if teacher is None else [teacher] if isinstance(teacher, str) else list(teacher)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How a network is trained. Every field is honoured by `emodetect.training.fit`."""
@@ -205,7 +210,7 @@ class TrainConfig:
             canon[c] = float(factor)
         object.__setattr__(self, "oversample", canon)
         if self.teacher is not None:
-            names = [self.teacher] if isinstance(self.teacher, str) else self.teacher
+            names = [self.teacher] if isinstance(self.teacher, str) else self.teacher  # as given: checked below
             if not isinstance(names, list) or not names or not all(isinstance(t, str) and t.strip() for t in names):
                 _fail(o, "teacher", 'a model ("default", a model file or a run folder), a list of them, or null',
                       self.teacher)

@@ -7,7 +7,6 @@ fitting, evaluating, calibrating and drawing live in the layers below.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -198,7 +197,7 @@ class Run:
             data = recorded or self.artifact.meta.get("source")
             if not data:
                 raise EmodetectError(f"{self.path}: the run does not record its dataset; pass --data")
-            sources = parse_sources([data] if isinstance(data, str) else data)
+            sources = parse_sources(data)
             missing = [str(s.path) for s in sources if not Path(s.path).exists()]
             if missing:  # recorded as given to `train`: a relative path is relative to where it ran
                 raise EmodetectError(f"{self.path}: its dataset {missing[0]} is not found from here; pass --data "
@@ -234,7 +233,7 @@ def evaluate_model(model, data, *, split: str = "auto", data_cfg: DataConfig = D
     if seed is None:
         seed = (artifact.meta.get("data") or {}).get("split_seed", 0)
     parts, chosen = [], {}
-    for source in parse_sources([data] if isinstance(data, (str, os.PathLike, DataSource)) else list(data)):
+    for source in parse_sources(data):
         use = split
         if split == "auto":  # the model's own training data (by content, whatever its name or path now)
             src = Source(source.path)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import softmax
 
+from emodetect.config import teacher_names
 from emodetect.data.known import describe_dataset
 from emodetect.errors import EmodetectError
 from emodetect.evaluation.calibration import reliability
@@ -201,7 +202,7 @@ def _training_section(c: dict) -> list[str]:
     distilled = []
     if cfg.get("teacher"):
         views = "each clean train image, once" if cfg.get("distill_views", "clean") == "clean" else "every augmented batch"
-        teachers = [cfg["teacher"]] if isinstance(cfg["teacher"], str) else cfg["teacher"]
+        teachers = teacher_names(cfg["teacher"])
         who = f"`{teachers[0]}`: its" if len(teachers) == 1 else \
             "an ensemble of " + ", ".join(f"`{t}`" for t in teachers) + ": the mean of their logits as"  # fmt: skip
         distilled = [f"- distilled from {who} soft targets ({views}) at temperature "

@@ -7,6 +7,7 @@ came from, so that training can weigh sources and every number can be reported p
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -82,7 +83,9 @@ def dataset_name(path: str | Path) -> str:
 
 
 def parse_sources(items) -> list[DataSource]:
-    """Each item a path, ``NAME=PATH`` or a DataSource; names must differ."""
+    """One dataset or a list of them, each a path, ``NAME=PATH`` or a DataSource; names must differ."""
+    if isinstance(items, (str, os.PathLike, DataSource)):
+        items = [items]
     sources = [s if isinstance(s, DataSource) else DataSource.parse(s) for s in items]
     names = [s.name for s in sources]
     if len(set(names)) != len(names):

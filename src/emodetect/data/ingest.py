@@ -196,8 +196,7 @@ def load_datasets(data, **kwargs) -> Dataset:
     Each keeps its own cache and stored split; the ``source`` column says which dataset a row comes from.
     Keyword arguments are those of `load_dataset` and apply to every dataset.
     """
-    items = [data] if isinstance(data, (str, os.PathLike, DataSource)) else list(data)
-    return concat([load_dataset(s.path, name=s.name, **kwargs) for s in parse_sources(items)])
+    return concat([load_dataset(s.path, name=s.name, **kwargs) for s in parse_sources(data)])
 
 
 # --------------------------------------------------------------------------------------------- building

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 
-from emodetect.config import Augment, TrainConfig
+from emodetect.config import Augment, TrainConfig, teacher_names
 from emodetect.data.dataset import Dataset
 from emodetect.data.transforms import Preprocess, augment_groups, reframe, to_uint8_tensor
 from emodetect.errors import EmodetectError
@@ -514,7 +514,7 @@ def _make_teacher(cfg: TrainConfig, train: Dataset, log, offsets) -> tuple[torch
     from emodetect.models.artifact import resolve_artifact
     from emodetect.models.predict import Predictor
 
-    names = [cfg.teacher] if isinstance(cfg.teacher, str) else cfg.teacher
+    names = teacher_names(cfg.teacher)
     if cfg.distill_views == "augmented":  # one teacher (a list of one is allowed; the config refuses more)
         artifact = resolve_artifact(names[0])
         log(f"distillation: {artifact.name} scores every augmented batch ({artifact.preprocess.size} px)")
