@@ -228,7 +228,8 @@ def evaluate_model(model, data, *, split: str = "auto", data_cfg: DataConfig = D
     artifact = resolve_artifact(model)
     if split not in ("auto", "all", *SPLITS):
         raise EmodetectError(f"unknown split {split!r}")
-    seen = {artifact.meta.get("fingerprint")} | {d.get("fingerprint") for d in (artifact.meta.get("datasets") or {}).values()}
+    seen = ({artifact.meta.get("fingerprint")}
+            | {d.get("fingerprint") for d in (artifact.meta.get("datasets") or {}).values()}) - {None}  # fmt: skip
     seed = data_cfg.split_seed
     if seed is None:
         seed = (artifact.meta.get("data") or {}).get("split_seed", 0)
@@ -238,7 +239,7 @@ def evaluate_model(model, data, *, split: str = "auto", data_cfg: DataConfig = D
         if split == "auto":  # the model's own training data (by content, whatever its name or path now)
             src = Source(source.path)
             try:
-                use = "test" if src.fingerprint() in seen - {None} else "all"
+                use = "test" if src.fingerprint() in seen else "all"
             finally:
                 src.close()
             if use == "test" and log:
