@@ -20,15 +20,21 @@ def test_ship_writes_a_float16_model_and_a_card(tmp_path, tiny_dataset):
     run = tmp_path / "run"
     train("tiny", data, run, params={"epochs": 2, "batch_size": 16, "warmup_epochs": 0}, cache_dir=cache,
           progress=False, log=lambda m: None)  # fmt: skip
+    record = json.loads((run / "metrics.json").read_text())
+    record["robustness"]["jpeg30"]["accuracy"] = 0.123456  # what an older corruption code had measured
+    (run / "metrics.json").write_text(json.dumps(record))
     card = ship(run, tmp_path / "weights", cache_dir=cache, command="emodetect train tiny ...", log=lambda m: None)
     shipped = emodetect.load_model(tmp_path / "weights" / "default.safetensors")
     assert isinstance(shipped, Predictor) and shipped.artifact.meta["dtype"] == "float16"
     assert str(Path(data).parent) not in json.dumps(shipped.artifact.meta)  # where the data was kept stays private
     assert Path(data).name in shipped.artifact.meta["source"]
     assert card["agreement_with_fp32"] > 0.95
+    # the robustness table is measured on the shipped file, not copied from the run's record
+    assert card["robustness"]["clean"]["accuracy"] == pytest.approx(card["test"]["accuracy"])
+    assert card["robustness"]["jpeg30"]["accuracy"] != 0.123456
     text = (tmp_path / "weights" / "MODEL_CARD.md").read_text()
     for part in ("## Test-split metrics", "| class | precision", "Accuracy differs by file format", "## Licences",
-                 "emodetect train tiny ..."):  # fmt: skip
+                 "emodetect train tiny ...", "## Robustness"):  # fmt: skip
         assert part in text
 
 

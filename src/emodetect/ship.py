@@ -23,6 +23,7 @@ from emodetect.errors import EmodetectError
 from emodetect.evaluation.calibration import reliability
 from emodetect.evaluation.evaluate import split_metrics
 from emodetect.evaluation.metrics import most_confused_pairs
+from emodetect.evaluation.robustness import robustness
 from emodetect.files import atomic_write
 from emodetect.labels import CLASSES
 from emodetect.models.artifact import SHIPPED_MODELS, load_artifact, save_network
@@ -126,7 +127,8 @@ def card_summary(card: dict) -> dict:
 def card_numbers(shipped, record: dict, test, fp32_pred: np.ndarray, size: int, command: str, name: str,
                  int8: dict | None = None) -> dict:  # fmt: skip
     """Everything the card states, measured on the shipped file (as `load_model` runs it: through its int8 graph
-    when one is kept) or read from its metadata and run record."""
+    when one is kept) or read from its metadata and run record. The robustness table too is measured here, with
+    the corruptions as they are now, not copied from the run's record."""
     predictor = Predictor(shipped)
     logits = predictor.logits(test.images)  # one pass: raw and calibrated probabilities from it
     proba = softmax(logits / shipped.temperature, axis=1)
@@ -149,7 +151,7 @@ def card_numbers(shipped, record: dict, test, fp32_pred: np.ndarray, size: int, 
         "inference_images_per_second": record.get("inference_images_per_second"),
         "environment": meta.get("environment", {}), "command": command, "label_source": meta.get("label_source"),
         "datasets": {n: {**d, **describe_dataset(d.get("fingerprint"))} for n, d in datasets.items()},
-        "split_seed": meta.get("data", {}).get("split_seed", 0), "robustness": record.get("robustness"),
+        "split_seed": meta.get("data", {}).get("split_seed", 0), "robustness": robustness(predictor, test, clean=proba),
     }  # fmt: skip
 
 
@@ -260,7 +262,8 @@ def _robustness_section(c: dict) -> list[str]:
     if not r:
         return []
     sources = sorted(r["clean"].get("by_source", {})) if len(r["clean"].get("by_source", {})) > 1 else []
-    lines = ["## Robustness (test split, each corruption applied to every image)", "",
+    lines = ["## Robustness (test split, each corruption applied to every image; the shipped file, as `load_model` "
+             "runs it)", "",
              "| corruption | accuracy | change |" + "".join(f" {s} | change |" for s in sources),
              "|---|---|---|" + "---|---|" * len(sources)]  # fmt: skip
 
