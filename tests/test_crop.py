@@ -1,5 +1,6 @@
 """Face crops: the alignment that maps a detected face onto the training crops' framing."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -42,3 +43,16 @@ def test_a_big_face_is_shrunk_without_aliasing_and_boxes_work_without_landmarks(
     assert 90 < float(inner.mean()) < 165 and inner.std() < 20
     box_crop = crop_face(stripes, Detection((100, 100, 604, 808), 1.0, None))
     assert box_crop.shape == (CROP_SIZE, CROP_SIZE, 3)
+
+
+def test_shrinking_a_big_face_first_does_not_shift_the_crop():
+    """The low-pass path (resize, then warp) frames the face where a direct warp does. On a linear ramp, where
+    both are exact (float pixels, so no rounding steps), the crops agree; a corner-for-centre mix-up in the
+    resize's coordinates shifted the crop by up to half a small pixel (0.3 levels of this ramp)."""
+    yy, xx = np.mgrid[0:1000, 0:1000].astype(np.float32)
+    ramp = np.dstack([(xx - 50) * 0.25, (yy - 50) * 0.25, np.zeros_like(xx)])
+    detection = Detection((0, 0, 1, 1), 1.0, TEMPLATE * 8 + np.float32([100, 100]))  # scale 1/8: the low-pass path
+    crop = crop_face(ramp, detection)
+    direct = cv2.warpAffine(ramp, alignment_matrix(detection), (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR)
+    inner = (slice(8, -8), slice(8, -8))
+    np.testing.assert_allclose(crop[inner][..., :2].mean((0, 1)), direct[inner][..., :2].mean((0, 1)), atol=0.03)

@@ -63,7 +63,9 @@ def crop_face(image: np.ndarray, detection: Detection, size: int = CROP_SIZE) ->
             small = cv2.resize(region, (max(1, round((x1 - x0) * f)), max(1, round((y1 - y0) * f))),
                                interpolation=cv2.INTER_AREA)  # fmt: skip
             fx, fy = small.shape[1] / (x1 - x0), small.shape[0] / (y1 - y0)
-            to_small = np.array([[fx, 0, -fx * x0], [0, fy, -fy * y0], [0, 0, 1]])
+            # pixel centres: resize maps the region's x to (x - x0 + 0.5) * fx - 0.5 (a corner mapping would
+            # shift the crop by up to half a small pixel)
+            to_small = np.array([[fx, 0, fx * (0.5 - x0) - 0.5], [0, fy, fy * (0.5 - y0) - 0.5], [0, 0, 1]])
             m = (np.vstack([m, [0, 0, 1]]) @ np.linalg.inv(to_small))[:2]
             image = small
     return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
