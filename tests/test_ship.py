@@ -221,3 +221,14 @@ def test_the_card_says_what_a_student_was_distilled_from_and_started_at():
     ensemble = card(teacher=["default", "runs/lite2"], distill_alpha=0.5, distill_temperature=2.0)
     assert "- distilled from an ensemble of `default`, `runs/lite2`: the mean of their logits as soft targets (each " \
            "clean train image, once) at temperature 2.0 weigh 0.5, the labels 0.5" in ensemble
+
+
+def test_a_shipped_file_and_card_name_other_runs_without_the_makers_paths():
+    from emodetect.ship import config_without_machine_paths, without_machine_paths
+
+    cfg = {"teacher": ["default", "/home/me/runs/lite2"], "init_from": "/home/me/runs/base/model.safetensors", "lr": 1}
+    assert config_without_machine_paths(cfg) == {"teacher": ["default", "lite2"], "init_from": "model.safetensors",
+                                                 "lr": 1}  # fmt: skip
+    assert config_without_machine_paths({"teacher": "fast", "init_from": None}) == {"teacher": "fast", "init_from": None}
+    meta = without_machine_paths({"config": {"teacher": "/home/me/runs/lite2"}, "source": "/home/me/data/a.zip"})
+    assert "/home/me" not in json.dumps(meta) and meta["config"]["teacher"] == "lite2"

@@ -103,12 +103,31 @@ def without_machine_paths(meta: dict) -> dict:
         return f"{name}{sep}{Path(path).name}"
 
     out = dict(meta)
+    if isinstance(out.get("config"), dict):
+        out["config"] = config_without_machine_paths(out["config"])
     if isinstance(out.get("source"), (list, tuple)):
         out["source"] = [name_only(s) for s in out["source"]]
     elif isinstance(out.get("source"), str):
         out["source"] = name_only(out["source"])
     if isinstance(out.get("datasets"), dict):
         out["datasets"] = {n: {**d, "path": Path(str(d.get("path", ""))).name} for n, d in out["datasets"].items()}
+    return out
+
+
+def config_without_machine_paths(cfg: dict) -> dict:
+    """A training config with its teacher and init_from models named by their file or folder name (a shipped name
+    stays as it is): the card and the shipped file do not record where their maker kept other runs."""
+
+    def name(ref):
+        return ref if not isinstance(ref, str) or ref in SHIPPED_MODELS else Path(ref).name
+
+    out = dict(cfg)
+    if isinstance(out.get("teacher"), list):
+        out["teacher"] = [name(t) for t in out["teacher"]]
+    elif out.get("teacher"):
+        out["teacher"] = name(out["teacher"])
+    if out.get("init_from"):
+        out["init_from"] = name(out["init_from"])
     return out
 
 
@@ -146,7 +165,7 @@ def card_numbers(shipped, record: dict, test, fp32_pred: np.ndarray, size: int, 
         "ece_test_before": reliability(softmax(logits, axis=1), test.labels)["ece"],
         "ece_test_after": reliability(proba, test.labels)["ece"],
         "confused": most_confused_pairs(np.array(metrics["confusion_matrix"]), metrics["classes"], k=4),
-        "config": record["config"], "fit": record.get("fit", {}), "n_train": record["n_train"],
+        "config": config_without_machine_paths(record["config"]), "fit": record.get("fit", {}), "n_train": record["n_train"],
         "n_train_by_source": record.get("n_train_by_source", {}), "train_seconds": record["train_seconds"],
         "inference_images_per_second": record.get("inference_images_per_second"),
         "environment": meta.get("environment", {}), "command": command, "label_source": meta.get("label_source"),
