@@ -174,3 +174,9 @@ def test_the_curves_mark_the_epoch_that_was_kept():
         fig = plots.curves(history, best_epoch=best)
         marks = [line.get_xdata()[0] for line in fig.axes[1].lines if line.get_linestyle() == ":"]
         assert marks == [want]
+
+
+def test_a_missing_teacher_is_named_before_any_data_is_read(tmp_path):
+    with pytest.raises(EmodetectError, match="teacher '.*lite2' not found"):  # the data does not exist either
+        train("tiny", str(tmp_path / "no-data.zip"), tmp_path / "run",
+              params={"teacher": ["default", str(tmp_path / "runs" / "lite2")]}, progress=False, log=lambda m: None)  # fmt: skip

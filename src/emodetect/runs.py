@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from emodetect import plots
-from emodetect.config import DataConfig
+from emodetect.config import DataConfig, teacher_names
 from emodetect.data import Dataset, load_dataset, load_datasets
 from emodetect.data.dataset import DataSource, concat, parse_sources
 from emodetect.data.source import Source
@@ -27,6 +27,7 @@ from emodetect.evaluation.robustness import robustness
 from emodetect.files import atomic_write, read_json, write_json
 from emodetect.labels import CLASSES
 from emodetect.models.artifact import (
+    SHIPPED_MODELS,
     Artifact,
     describe,
     find_model_file,
@@ -100,6 +101,9 @@ def train(model: str | ModelConfig, data, out_dir, *, params: dict | None = None
     out = Path(out_dir)
     if resume and not (out / CHECKPOINT).is_file():
         raise EmodetectError(f"--resume: no checkpoint at {out / CHECKPOINT}")
+    for name in teacher_names(cfg.params.teacher if cfg.kind == "torch" else None):  # before minutes of loading
+        if name not in SHIPPED_MODELS and not Path(name).exists():
+            raise EmodetectError(f"teacher {name!r} not found: train it first or name another model")
     ds, tr, va, te = load_splits(data, data_cfg, cfg.preprocess.mode, cache_dir, progress)
     identity = data_identity(data_cfg, ds.info["fingerprint"])
     if resume and read_json(out / DATA_FILE) not in (None, identity):  # (None: a run from before the file existed)
