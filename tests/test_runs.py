@@ -176,7 +176,11 @@ def test_the_curves_mark_the_epoch_that_was_kept():
         assert marks == [want]
 
 
-def test_a_missing_teacher_is_named_before_any_data_is_read(tmp_path):
-    with pytest.raises(EmodetectError, match="teacher '.*lite2' not found"):  # the data does not exist either
-        train("tiny", str(tmp_path / "no-data.zip"), tmp_path / "run",
-              params={"teacher": ["default", str(tmp_path / "runs" / "lite2")]}, progress=False, log=lambda m: None)  # fmt: skip
+def test_a_missing_teacher_or_starting_model_is_named_before_any_data_is_read(tmp_path):
+    (tmp_path / "interrupted").mkdir()  # a run folder without its model file (say, only a checkpoint)
+    for params, match in [({"teacher": ["default", str(tmp_path / "runs" / "lite2")]}, "teacher '.*lite2': no such"),
+                          ({"teacher": str(tmp_path / "interrupted")}, "teacher '.*interrupted': no model file"),
+                          ({"init_from": str(tmp_path / "base.safetensors")}, "init_from '.*base.safetensors'")]:  # fmt: skip
+        with pytest.raises(EmodetectError, match=match):  # the data does not exist either: this comes first
+            train("tiny", str(tmp_path / "no-data.zip"), tmp_path / "run", params=params, progress=False,
+                  log=lambda m: None)  # fmt: skip

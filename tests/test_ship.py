@@ -226,9 +226,12 @@ def test_the_card_says_what_a_student_was_distilled_from_and_started_at():
 def test_a_shipped_file_and_card_name_other_runs_without_the_makers_paths():
     from emodetect.ship import config_without_machine_paths, without_machine_paths
 
-    cfg = {"teacher": ["default", "/home/me/runs/lite2"], "init_from": "/home/me/runs/base/model.safetensors", "lr": 1}
-    assert config_without_machine_paths(cfg) == {"teacher": ["default", "lite2"], "init_from": "model.safetensors",
-                                                 "lr": 1}  # fmt: skip
+    cfg = {"teacher": ["default", "/home/me/runs/lite2", "C:\\Users\\me\\runs\\lite1"],
+           "init_from": "/home/me/runs/base/model.safetensors", "lr": 1}  # fmt: skip
+    assert config_without_machine_paths(cfg) == {"teacher": ["default", "lite2", "lite1"],
+                                                 "init_from": "base/model.safetensors", "lr": 1}  # fmt: skip
     assert config_without_machine_paths({"teacher": "fast", "init_from": None}) == {"teacher": "fast", "init_from": None}
-    meta = without_machine_paths({"config": {"teacher": "/home/me/runs/lite2"}, "source": "/home/me/data/a.zip"})
-    assert "/home/me" not in json.dumps(meta) and meta["config"]["teacher"] == "lite2"
+    meta = without_machine_paths({"config": {"teacher": "/home/me/runs/lite2"}, "source": "/home/me/data/a.zip",
+                                  "datasets": {"b": {"path": "D:\\data\\b.zip"}}})  # fmt: skip
+    assert "me" not in json.dumps(meta) and "data" not in json.dumps(meta["datasets"])
+    assert meta["config"]["teacher"] == "lite2" and meta["source"] == "a.zip" and meta["datasets"]["b"]["path"] == "b.zip"

@@ -101,9 +101,14 @@ def train(model: str | ModelConfig, data, out_dir, *, params: dict | None = None
     out = Path(out_dir)
     if resume and not (out / CHECKPOINT).is_file():
         raise EmodetectError(f"--resume: no checkpoint at {out / CHECKPOINT}")
-    for name in teacher_names(cfg.params.teacher if cfg.kind == "torch" else None):  # before minutes of loading
-        if name not in SHIPPED_MODELS and not Path(name).exists():
-            raise EmodetectError(f"teacher {name!r} not found: train it first or name another model")
+    if cfg.kind == "torch":  # the models it learns from, found before minutes of loading rather than after
+        for option, name in [("teacher", t) for t in teacher_names(cfg.params.teacher)] + \
+                [("init_from", cfg.params.init_from)] * bool(cfg.params.init_from):  # fmt: skip
+            try:
+                if name not in SHIPPED_MODELS and not find_model_file(name).is_file():
+                    raise EmodetectError("no such model file or run folder")
+            except EmodetectError as exc:
+                raise EmodetectError(f"{option} {name!r}: {exc}; train it first or name another model") from None
     ds, tr, va, te = load_splits(data, data_cfg, cfg.preprocess.mode, cache_dir, progress)
     identity = data_identity(data_cfg, ds.info["fingerprint"])
     if resume and read_json(out / DATA_FILE) not in (None, identity):  # (None: a run from before the file existed)

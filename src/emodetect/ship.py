@@ -12,7 +12,7 @@ recorded, never written for one particular model.
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 from scipy.special import softmax
@@ -26,7 +26,7 @@ from emodetect.evaluation.metrics import most_confused_pairs
 from emodetect.evaluation.robustness import robustness
 from emodetect.files import atomic_write
 from emodetect.labels import CLASSES
-from emodetect.models.artifact import SHIPPED_MODELS, load_artifact, save_network
+from emodetect.models.artifact import RUN_MODEL_FILES, SHIPPED_MODELS, load_artifact, save_network
 from emodetect.models.export import export_onnx, int8_path, onnx_metadata, with_onnx_metadata
 from emodetect.models.predict import Predictor
 from emodetect.models.registry import get_spec
@@ -100,7 +100,7 @@ def without_machine_paths(meta: dict) -> dict:
 
     def name_only(item: str) -> str:
         name, sep, path = str(item).rpartition("=")
-        return f"{name}{sep}{Path(path).name}"
+        return f"{name}{sep}{PureWindowsPath(path).name}"  # splits on / and \ alike
 
     out = dict(meta)
     if isinstance(out.get("config"), dict):
@@ -110,7 +110,7 @@ def without_machine_paths(meta: dict) -> dict:
     elif isinstance(out.get("source"), str):
         out["source"] = name_only(out["source"])
     if isinstance(out.get("datasets"), dict):
-        out["datasets"] = {n: {**d, "path": Path(str(d.get("path", ""))).name} for n, d in out["datasets"].items()}
+        out["datasets"] = {n: {**d, "path": PureWindowsPath(str(d.get("path", ""))).name} for n, d in out["datasets"].items()}
     return out
 
 
@@ -119,7 +119,12 @@ def config_without_machine_paths(cfg: dict) -> dict:
     stays as it is): the card and the shipped file do not record where their maker kept other runs."""
 
     def name(ref):
-        return ref if not isinstance(ref, str) or ref in SHIPPED_MODELS else Path(ref).name
+        if not isinstance(ref, str) or ref in SHIPPED_MODELS:
+            return ref
+        path = PureWindowsPath(ref)  # splits on / and \ alike, wherever the run was made
+        if path.name in RUN_MODEL_FILES and path.parent.name:  # a run's model file: the run names it
+            return f"{path.parent.name}/{path.name}"
+        return path.name or ref
 
     out = dict(cfg)
     if isinstance(out.get("teacher"), list):
