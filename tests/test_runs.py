@@ -178,7 +178,7 @@ def test_the_curves_mark_the_epoch_that_was_kept():
 
 def test_a_missing_teacher_or_starting_model_is_named_before_any_data_is_read(tmp_path):
     (tmp_path / "interrupted").mkdir()  # a run folder without its model file (say, only a checkpoint)
-    for params, match in [({"teacher": ["default", str(tmp_path / "runs" / "lite2")]}, "teacher '.*lite2': no such"),
+    for params, match in [({"teacher": ["default", str(tmp_path / "runs" / "lite2")]}, "teacher '.*lite2': model file not found"),
                           ({"teacher": str(tmp_path / "interrupted")}, "teacher '.*interrupted': no model file"),
                           ({"init_from": str(tmp_path / "base.safetensors")}, "init_from '.*base.safetensors'")]:  # fmt: skip
         with pytest.raises(EmodetectError, match=match):  # the data does not exist either: this comes first

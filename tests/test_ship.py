@@ -223,15 +223,16 @@ def test_the_card_says_what_a_student_was_distilled_from_and_started_at():
            "clean train image, once) at temperature 2.0 weigh 0.5, the labels 0.5" in ensemble
 
 
-def test_a_shipped_file_and_card_name_other_runs_without_the_makers_paths():
+def test_a_shipped_file_and_card_name_other_runs_without_the_makers_paths(tmp_path):
     from emodetect.ship import config_without_machine_paths, without_machine_paths
 
-    cfg = {"teacher": ["default", "/home/me/runs/lite2", "C:\\Users\\me\\runs\\lite1"],
-           "init_from": "/home/me/runs/base/model.safetensors", "lr": 1}  # fmt: skip
+    me = tmp_path / "me"
+    cfg = {"teacher": ["default", str(me / "runs" / "lite2"), "C:\\Users\\me\\runs\\lite1"],
+           "init_from": str(me / "runs" / "base" / "model.safetensors"), "lr": 1}  # fmt: skip
     assert config_without_machine_paths(cfg) == {"teacher": ["default", "lite2", "lite1"],
                                                  "init_from": "base/model.safetensors", "lr": 1}  # fmt: skip
     assert config_without_machine_paths({"teacher": "fast", "init_from": None}) == {"teacher": "fast", "init_from": None}
-    meta = without_machine_paths({"config": {"teacher": "/home/me/runs/lite2"}, "source": "/home/me/data/a.zip",
+    meta = without_machine_paths({"config": {"teacher": str(me / "runs" / "lite2")}, "source": str(me / "a.zip"),
                                   "datasets": {"b": {"path": "D:\\data\\b.zip"}}})  # fmt: skip
-    assert "me" not in json.dumps(meta) and "data" not in json.dumps(meta["datasets"])
+    assert str(tmp_path) not in json.dumps(meta) and "data" not in json.dumps(meta["datasets"])
     assert meta["config"]["teacher"] == "lite2" and meta["source"] == "a.zip" and meta["datasets"]["b"]["path"] == "b.zip"

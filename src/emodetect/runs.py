@@ -27,7 +27,6 @@ from emodetect.evaluation.robustness import robustness
 from emodetect.files import atomic_write, read_json, write_json
 from emodetect.labels import CLASSES
 from emodetect.models.artifact import (
-    SHIPPED_MODELS,
     Artifact,
     describe,
     find_model_file,
@@ -102,11 +101,12 @@ def train(model: str | ModelConfig, data, out_dir, *, params: dict | None = None
     if resume and not (out / CHECKPOINT).is_file():
         raise EmodetectError(f"--resume: no checkpoint at {out / CHECKPOINT}")
     if cfg.kind == "torch":  # the models it learns from, found before minutes of loading rather than after
-        for option, name in [("teacher", t) for t in teacher_names(cfg.params.teacher)] + \
-                [("init_from", cfg.params.init_from)] * bool(cfg.params.init_from):  # fmt: skip
+        models = [("teacher", t) for t in teacher_names(cfg.params.teacher)]
+        if cfg.params.init_from:
+            models.append(("init_from", cfg.params.init_from))
+        for option, name in models:
             try:
-                if name not in SHIPPED_MODELS and not find_model_file(name).is_file():
-                    raise EmodetectError("no such model file or run folder")
+                resolve_artifact(name)
             except EmodetectError as exc:
                 raise EmodetectError(f"{option} {name!r}: {exc}; train it first or name another model") from None
     ds, tr, va, te = load_splits(data, data_cfg, cfg.preprocess.mode, cache_dir, progress)
