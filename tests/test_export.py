@@ -1,6 +1,7 @@
 """ONNX export: the graph takes uint8 faces and gives the PyTorch model's probabilities; metadata round trip."""
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -43,6 +44,11 @@ def test_int8_copy_says_so_and_stays_close_to_fp32(tiny_file):
     assert p8.shape == p32.shape and np.abs(p8 - p32).max() < 0.05
     # the softmax stays float: the probabilities are the (dequantised) logits' own, not steps of 1/255
     np.testing.assert_allclose(p8, torch.softmax(torch.from_numpy(logits8) / 1.3, 1).numpy(), atol=1e-6)
+    # the first convolution stays float too (faster so), and only it: the others read int8 weights
+    graph = onnx.load_from_string(q).graph
+    made_by = {out: n.op_type for n in graph.node for out in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) > 1 and [made_by.get(c.input[1]) == "DequantizeLinear" for c in convs] == [False] + [True] * (len(convs) - 1)
 
 
 @pytest.mark.parametrize("backend", ["fused", "onnx"])
