@@ -44,8 +44,7 @@ def cpu_name() -> str:
 def torch_runner(art, backend: str):
     """`Predictor`'s own PyTorch path: "torch" (channels-last weights, the mirror as a second pass) or "fused"
     (batch norm and padding folded, the mirror in one batch of 2N); uint8 faces at the model's size in, logits out."""
-    predictor = Predictor(art, backend=backend)
-    return lambda x_u8: predictor.logits(x_u8)
+    return Predictor(art, backend=backend).logits
 
 
 def onnx_runner(data):
