@@ -380,6 +380,22 @@ def test_a_student_distils_from_a_teacher_file(tiny_dataset, tmp_path):
     assert any(m.startswith("resumed") for m in logs) and not any("soft targets" in m for m in logs)
 
 
+def test_a_run_records_which_teacher_file_it_learned_from_and_resumes_only_with_that_one(tiny_dataset, tmp_path):
+    import hashlib
+
+    tr, va = _splits(tiny_dataset)
+    _, path = _tiny_model_file(tr, va, tmp_path / "teacher.safetensors")
+    quiet = {"progress": False, "log": lambda m: None}
+    student = replace(TINY, epochs=2, teacher=str(path), init_from=str(path))
+    _, _, info = fit(student, tr, va, tmp_path / "student", **quiet)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert info["teacher_sha256"] == [digest] and info["init_from_sha256"] == digest
+    assert "teacher_sha256" not in fit(replace(TINY, epochs=1), tr, va, **quiet)[2]
+    _tiny_model_file(tr, va, path, epochs=2)  # the same name now holds another model, as "default" does after a ship
+    with pytest.raises(EmodetectError, match="SHA-256 differs"):
+        fit(replace(student, prior_correction=True), tr, va, tmp_path / "student", resume=True, **quiet)
+
+
 def test_an_online_teacher_scores_every_augmented_batch_at_its_own_size(tiny_dataset, tmp_path, monkeypatch):
     from emodetect.training import loop
 

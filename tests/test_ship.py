@@ -204,9 +204,9 @@ def test_the_card_says_what_a_student_was_distilled_from_and_started_at():
     from emodetect.config import TrainConfig
     from emodetect.ship import _training_section
 
-    def card(**options):
+    def card(fit=None, **options):
         return "\n".join(_training_section({
-            "config": asdict(TrainConfig(model="fastlite", **options)), "fit": {}, "environment": {}, "datasets": {},
+            "config": asdict(TrainConfig(model="fastlite", **options)), "fit": fit or {}, "environment": {}, "datasets": {},
             "n_train_by_source": {}, "label_source": "folder", "split_seed": 0, "n_train": 10, "train_seconds": 60,
             "pretrained": "ImageNet", "pretrained_licence": "Apache-2.0", "inference_images_per_second": None,
             "command": "emodetect train ..."}))  # fmt: skip
@@ -221,6 +221,10 @@ def test_the_card_says_what_a_student_was_distilled_from_and_started_at():
     ensemble = card(teacher=["default", "runs/lite2"], distill_alpha=0.5, distill_temperature=2.0)
     assert "- distilled from an ensemble of `default`, `runs/lite2`: the mean of their logits as soft targets (each " \
            "clean train image, once) at temperature 2.0 weigh 0.5, the labels 0.5" in ensemble
+    recorded = card({"teacher_sha256": ["a" * 64, "b" * 64], "init_from_sha256": "c" * 64},
+                    teacher=["default", "runs/lite2"], init_from="default")  # fmt: skip
+    assert "an ensemble of `default` (file SHA-256 aaaaaaaaaaaa), `runs/lite2` (file SHA-256 bbbbbbbbbbbb)" in recorded
+    assert "shares with `default` (file SHA-256 cccccccccccc)" in recorded
 
 
 def test_a_shipped_file_and_card_name_other_runs_without_the_makers_paths(tmp_path):

@@ -221,16 +221,18 @@ def _training_section(c: dict) -> list[str]:
     start = (f"pretrained weights: {c['pretrained']} ({c['pretrained_licence']}), new "
              f"{len(CLASSES)}-class head" if c["pretrained"] else "trained from scratch (no pretrained weights)")  # fmt: skip
     if cfg.get("init_from"):
-        start += f"; then every layer it shares with `{cfg['init_from']}` (same name and shape) taken from that model"
+        start += (f"; then every layer it shares with `{cfg['init_from']}`{_sha(fit.get('init_from_sha256'))} (same "
+                  "name and shape) taken from that model")  # fmt: skip
     aug = ", ".join(f"{k} {v}" for k, v in cfg.get("augment", {}).items())
     aug += "".join(f"; on {name} images: " + ", ".join(f"{k} {v}" for k, v in d.items())
                    for name, d in cfg.get("augment_by_source", {}).items())  # fmt: skip
     distilled = []
     if cfg.get("teacher"):
         views = "each clean train image, once" if cfg.get("distill_views", "clean") == "clean" else "every augmented batch"
-        teachers = teacher_names(cfg["teacher"])
-        who = f"`{teachers[0]}`: its" if len(teachers) == 1 else \
-            "an ensemble of " + ", ".join(f"`{t}`" for t in teachers) + ": the mean of their logits as"  # fmt: skip
+        digests = fit.get("teacher_sha256") or [None] * len(teacher_names(cfg["teacher"]))
+        teachers = [f"`{t}`{_sha(d)}" for t, d in zip(teacher_names(cfg["teacher"]), digests)]
+        who = f"{teachers[0]}: its" if len(teachers) == 1 else \
+            "an ensemble of " + ", ".join(teachers) + ": the mean of their logits as"  # fmt: skip
         distilled = [f"- distilled from {who} soft targets ({views}) at temperature "
                      f"{cfg['distill_temperature']} weigh {cfg['distill_alpha']}, the labels {1 - cfg['distill_alpha']:.2g}"]
     lines += [f"- start: {start}",
@@ -252,6 +254,11 @@ def _training_section(c: dict) -> list[str]:
         lines[-1] += f"; inference about {c['inference_images_per_second']:,.0f} images/s at batch 256 on that machine"
     return lines + ["", "Reproduce (the numbers below come from this command and `emodetect ship`):", "", "```bash",
                     c["command"] or "(the training command was not recorded)", "```", ""]  # fmt: skip
+
+
+def _sha(digest: str | None) -> str:
+    """Which file a model name meant when the run used it (runs before these were recorded: nothing)."""
+    return f" (file SHA-256 {digest[:12]})" if digest else ""
 
 
 def _metrics_section(c: dict) -> list[str]:

@@ -17,6 +17,7 @@ Loading needs nothing but the file, and a file can do nothing but describe a mod
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -172,6 +173,22 @@ def resolve_artifact(model: str | Path | None = None) -> Artifact:
         with resources.as_file(shipped) as p:
             return load_artifact(p)
     return load_artifact(find_model_file(model))
+
+
+def model_sha256(model: str | Path | None = None) -> str:
+    """SHA-256 of the file `resolve_artifact(model)` loads: a run records it for its teacher and `init_from` models,
+    since a shipped name such as "default" means another model once a new one is shipped."""
+    from importlib import resources
+
+    if model is None or (isinstance(model, str) and model in SHIPPED_MODELS):
+        shipped = resources.files("emodetect.weights").joinpath(SHIPPED_MODELS[model or "default"])
+        if not shipped.is_file():
+            raise EmodetectError(f"this installation has no shipped model {model or 'default'!r}")
+        return hashlib.sha256(shipped.read_bytes()).hexdigest()
+    path = find_model_file(model)
+    if not path.is_file():
+        raise EmodetectError(f"model file not found: {path}")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_artifact(path: str | Path) -> Artifact:

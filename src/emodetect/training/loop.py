@@ -389,6 +389,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     pre = model_cfg.preprocess
     aug, aug_group = _source_augmentations(cfg, train.sources)
     model = create_model(cfg.model, num_classes=len(CLASSES), **cfg.model_kwargs)
+    used = models_used(cfg)  # which files the teacher and init_from names meant: the record keeps their digests
     if cfg.init_from and not resume:  # a resumed run's weights come from its checkpoint
         log(f"initialised from {cfg.init_from}: {init_from(model, cfg.init_from)} weights")
     if channels_last:
@@ -417,7 +418,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     start_epoch = 0
     ckpt_path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     if resume:
-        history, start_epoch, best = _resume(ckpt_path, cfg, model, optimizer, scheduler, generator, ema)
+        history, start_epoch, best = _resume(ckpt_path, cfg, model, optimizer, scheduler, generator, ema, used)
         log(f"resumed from epoch {start_epoch} ({ckpt_path})")
 
     stale = len(history) - 1 - best["epoch"] if history else 0
@@ -455,7 +456,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
             f"val_loss {va['loss']:.4f}  val_acc {va['accuracy']:.4f}  val_f1 {va['macro_f1']:.4f}{per_source}  "
             f"{row['seconds']:.0f}s" + ("  *" if stale == 0 else ""))  # fmt: skip
         if ckpt_path is not None:
-            _save_checkpoint(ckpt_path, model, optimizer, scheduler, generator, history, epoch, best, cfg, ema)
+            _save_checkpoint(ckpt_path, model, optimizer, scheduler, generator, history, epoch, best, cfg, ema, used)
     stopped_early = stale >= cfg.patience and len(history) < cfg.epochs  # (patience reached at the last epoch: a full run)
     if stopped_early:
         log(f"early stopping: no {cfg.monitor} improvement for {cfg.patience} epochs; best epoch {best['epoch'] + 1}")
@@ -464,7 +465,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     model.eval()
     info = {"best_epoch": best["epoch"] + 1, "best_score": best["score"], "monitor": cfg.monitor,
             "epochs_run": len(history), "stopped_early": stopped_early,
-            "train_seconds": sum(h["seconds"] for h in history)}  # fmt: skip
+            "train_seconds": sum(h["seconds"] for h in history), **used}  # fmt: skip
     if cfg.prior_correction and offsets.any():  # after early stopping: epochs were chosen on the fitted scores
         bias = output_bias(model)
         with torch.no_grad():
@@ -496,6 +497,17 @@ def init_from(model: torch.nn.Module, source: str) -> int:
         for k, v in shared.items():
             ours[k].copy_(v)
     return len(shared)
+
+
+def models_used(cfg: TrainConfig) -> dict:
+    """The SHA-256 of each teacher's model file (in the config's order) and of init_from's: a shipped name such as
+    "default" names another file once a new model ships, so the record says which one this run learned from."""
+    from emodetect.models.artifact import model_sha256
+
+    used = {"teacher_sha256": [model_sha256(t) for t in teacher_names(cfg.teacher)]} if cfg.teacher else {}
+    if cfg.init_from:
+        used["init_from_sha256"] = model_sha256(cfg.init_from)
+    return used
 
 
 def _teacher(cfg: TrainConfig, train: Dataset, log,
@@ -577,8 +589,9 @@ def _stop_epoch(history: list[dict], monitor: str, patience: int) -> int | None:
     return None
 
 
-def _resume(ckpt_path: Path | None, cfg: TrainConfig, model, optimizer, scheduler, generator, ema=None):
-    """Restore everything a checkpoint holds; returns (history, first epoch to run, best so far)."""
+def _resume(ckpt_path: Path | None, cfg: TrainConfig, model, optimizer, scheduler, generator, ema=None, used=None):
+    """Restore everything a checkpoint holds; returns (history, first epoch to run, best so far). `used`: this
+    run's `models_used`, which must be the checkpoint's (a checkpoint from before they were recorded has none)."""
     if ckpt_path is None or not ckpt_path.exists():
         raise EmodetectError(f"--resume: no checkpoint at {ckpt_path}")
     ck = read_checkpoint(ckpt_path)
@@ -586,6 +599,9 @@ def _resume(ckpt_path: Path | None, cfg: TrainConfig, model, optimizer, schedule
         raise EmodetectError(f"--resume: {ckpt_path} is not a readable emodetect checkpoint (truncated or foreign)")
     if not resumable(ck["config"], json.loads(json.dumps(asdict(cfg)))):
         raise EmodetectError(f"--resume: {ckpt_path} was written with a different config")
+    if ck.get("models_used") is not None and ck["models_used"] != (used or {}):
+        raise EmodetectError(f"--resume: the teacher or init_from model file is not the one {ckpt_path} was trained "
+                             f"with (its SHA-256 differs): the run would learn from two models")  # fmt: skip
     stop = _stop_epoch(list(ck["history"]), cfg.monitor, cfg.patience)
     if stop is not None and stop < len(ck["history"]):
         raise EmodetectError(f"--resume: with patience {cfg.patience} this run would have stopped after epoch {stop}, "
@@ -636,13 +652,14 @@ def checkpoint_config(path) -> dict | None:
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, generator, history, epoch, best, cfg,
-                     ema: WeightEma | None = None) -> None:  # fmt: skip
+                     ema: WeightEma | None = None, used: dict | None = None) -> None:  # fmt: skip
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "torch_rng": torch.get_rng_state(), "generator": generator.get_state(), "history": history,
         "epoch": epoch, "best_score": best["score"], "best_epoch": best["epoch"], "best_state": best["state"],
         "config": json.loads(json.dumps(asdict(cfg))), "ema": ema.state_dict() if ema is not None else None,
+        "models_used": used or {},
     }  # fmt: skip
     atomic_write(path, lambda f: torch.save(state, f))
 
