@@ -168,3 +168,16 @@ def test_a_checkpoint_with_the_right_keys_and_wrong_values_is_a_clear_error(tmp_
                 "--set", "epochs=2", "--set", "batch_size=16"]  # fmt: skip
         assert main(argv) == 2, key
         assert "does not fit this run" in capsys.readouterr().err
+
+
+def test_every_committed_training_config_builds_for_the_model_it_trains():
+    from pathlib import Path
+
+    from emodetect.models.registry import resolve_model_config
+
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    model_of = {"fast_model.json": "fastlite", "lite2_teacher.json": "efficientnet_lite2"}  # the rest: Lite0
+    configs = sorted(folder.glob("*.json"))
+    assert {"default_model.json", "fast_model.json"} <= {p.name for p in configs}
+    for path in configs:  # every option is checked here, as `emodetect train --config` checks it before reading data
+        resolve_model_config(model_of.get(path.name, "efficientnet_lite0"), load_json(path))
