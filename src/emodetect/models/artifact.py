@@ -160,9 +160,8 @@ def find_model_file(path: str | Path) -> Path:
     return path
 
 
-def resolve_artifact(model: str | Path | None = None) -> Artifact:
-    """A shipped model by name (None or "default": the default model; "fast"), a model file or a run folder. A
-    shipped name always means the shipped model, even where a folder of that name exists (``./default`` is it)."""
+def _model_file(model: str | Path | None):
+    """The file `model` names: a shipped model's packaged file (a Traversable) or a model file's path."""
     from importlib import resources
 
     if model is None or (isinstance(model, str) and model in SHIPPED_MODELS):
@@ -170,25 +169,26 @@ def resolve_artifact(model: str | Path | None = None) -> Artifact:
         shipped = resources.files("emodetect.weights").joinpath(name)
         if not shipped.is_file():
             raise EmodetectError(f"this installation has no shipped model {model or 'default'!r} (emodetect/weights/{name})")
-        with resources.as_file(shipped) as p:
-            return load_artifact(p)
-    return load_artifact(find_model_file(model))
+        return shipped
+    path = find_model_file(model)
+    if not path.is_file():
+        raise EmodetectError(f"model file not found: {path}")
+    return path
+
+
+def resolve_artifact(model: str | Path | None = None) -> Artifact:
+    """A shipped model by name (None or "default": the default model; "fast"), a model file or a run folder. A
+    shipped name always means the shipped model, even where a folder of that name exists (``./default`` is it)."""
+    from importlib import resources
+
+    with resources.as_file(_model_file(model)) as path:
+        return load_artifact(path)
 
 
 def model_sha256(model: str | Path | None = None) -> str:
     """SHA-256 of the file `resolve_artifact(model)` loads: a run records it for its teacher and `init_from` models,
     since a shipped name such as "default" means another model once a new one is shipped."""
-    from importlib import resources
-
-    if model is None or (isinstance(model, str) and model in SHIPPED_MODELS):
-        shipped = resources.files("emodetect.weights").joinpath(SHIPPED_MODELS[model or "default"])
-        if not shipped.is_file():
-            raise EmodetectError(f"this installation has no shipped model {model or 'default'!r}")
-        return hashlib.sha256(shipped.read_bytes()).hexdigest()
-    path = find_model_file(model)
-    if not path.is_file():
-        raise EmodetectError(f"model file not found: {path}")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(_model_file(model).read_bytes()).hexdigest()
 
 
 def load_artifact(path: str | Path) -> Artifact:
