@@ -1,13 +1,14 @@
 """Videos: frames at their container timestamps, stable track ids, smoothing, summaries, annotation."""
 
 import json
+import warnings
 
 import cv2
 import numpy as np
 import pytest
 
 from emodetect.cli import main
-from emodetect.errors import EmodetectError
+from emodetect.errors import EmodetectError, FramesLost
 from emodetect.inference.analyze import Analyzer
 from emodetect.inference.video import Tracker, analyze_video, frames
 from emodetect.labels import CLASSES
@@ -175,3 +176,42 @@ def test_an_annotated_video_under_a_file_is_one_error_row(two_face_video, tmp_pa
                             annotate=tmp_path / "taken" / "ann.mp4", progress=False)  # fmt: skip
     doc = json.loads((tmp_path / "v.json").read_text())["files"][0]
     assert summary.n_errors == 1 and doc["error"].startswith("stopped after 1 analysed frame: cannot write video")
+
+
+@pytest.fixture()
+def damaged_video(tmp_path):
+    """A 3 s clip with the middle fifth of its bytes zeroed: the decoder gives up part-way through."""
+    path = tmp_path / "damaged.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (160, 120))
+    for i in range(N_FRAMES):
+        frame = np.full((120, 160, 3), 8 * i, np.uint8)
+        cv2.circle(frame, (20 + 4 * i, 60), 15, (0, 0, 255), -1)
+        writer.write(frame)
+    writer.release()
+    data = bytearray(path.read_bytes())
+    lo, hi = int(len(data) * 0.4), int(len(data) * 0.6)
+    data[lo:hi] = bytes(hi - lo)
+    path.write_bytes(data)
+    return path
+
+
+def test_frames_lost_to_damage_are_counted_and_warned_about_and_a_whole_video_is_not(two_face_video, damaged_video):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the intact video: no warning at all
+        assert len(list(frames(two_face_video))) == N_FRAMES
+    with pytest.warns(FramesLost) as caught:
+        read = list(frames(damaged_video))
+    assert 0 < len(read) < N_FRAMES and [f[0] for f in read] == list(range(len(read)))
+    assert f"decoded {len(read)} of the {N_FRAMES} frames" in str(caught[0].message)
+
+
+def test_predict_says_a_video_lost_frames_and_keeps_the_ones_it_read(damaged_video, tmp_path, capsys):
+    from emodetect.inference.predict import predict_paths
+
+    summary = predict_paths([str(damaged_video)], analyzer=_StubAnalyzer(), out=tmp_path / "v.json", progress=False)
+    file = json.loads((tmp_path / "v.json").read_text())["files"][0]
+    n = len(file["frames"])
+    assert summary.n_errors == 0 and 0 < n < N_FRAMES and "error" not in file
+    assert file["warning"].endswith(f"decoded {n} of the {N_FRAMES} frames its container declares; the rest could "
+                                    "not be decoded (a damaged or cut-short file)")  # fmt: skip
+    assert capsys.readouterr().err.strip() == f"warning: {file['warning']}"

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from emodetect.data.decode import UnreadableImage
 from emodetect.data.source import IMAGE_EXTENSIONS
-from emodetect.errors import EmodetectError, printable
+from emodetect.errors import EmodetectError, FramesLost, printable
 from emodetect.files import atomic_write
 from emodetect.inference.analyze import Analyzer, Face, load_image
 from emodetect.inference.video import VIDEO_EXTENSIONS, Tracker, analyze_video, video_info
@@ -219,25 +220,35 @@ def _video_result(path: Path, analyzer: Analyzer, fps, smooth_s, detect_every, a
     total = info["frames"] if not fps or not info["fps"] else int(info["frames"] * min(1.0, fps / info["fps"]))
     bar = tqdm(total=total or None, desc=path.name, unit="frame", disable=not progress or None, leave=False)
     frames_out, failed = [], None
-    try:
-        for frame in analyze_video(path, analyzer, fps=fps, smooth_s=smooth_s, detect_every=detect_every,
-                                   keep_images=writer is not None, tracker=tracker):  # fmt: skip
-            res.rows += [face_row(str(path), f, i, frame.index, frame.time_s) for i, f in enumerate(frame.faces)]
-            frames_out.append({"frame": frame.index, "time_s": round(frame.time_s, 3),
-                               "faces": [{"face": i, **f.to_dict()} for i, f in enumerate(frame.faces)]})  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:  # a damaged file's lost frames: said below
+        warnings.simplefilter("always", FramesLost)
+        try:
+            for frame in analyze_video(path, analyzer, fps=fps, smooth_s=smooth_s, detect_every=detect_every,
+                                       keep_images=writer is not None, tracker=tracker):  # fmt: skip
+                res.rows += [face_row(str(path), f, i, frame.index, frame.time_s) for i, f in enumerate(frame.faces)]
+                frames_out.append({"frame": frame.index, "time_s": round(frame.time_s, 3),
+                                   "faces": [{"face": i, **f.to_dict()} for i, f in enumerate(frame.faces)]})  # fmt: skip
+                if writer is not None:
+                    writer.write(frame)
+                bar.update(1)
+        except EmodetectError as exc:  # a video that fails part-way keeps its frames so far, and the run goes on
+            n = len(frames_out)
+            failed = f"stopped after {n} analysed frame{'s' * (n != 1)}: {exc}"
+        finally:
+            bar.close()
             if writer is not None:
-                writer.write(frame)
-            bar.update(1)
-    except EmodetectError as exc:  # a video that fails part-way keeps its frames so far, and the run goes on
-        n = len(frames_out)
-        failed = f"stopped after {n} analysed frame{'s' * (n != 1)}: {exc}"
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
+                writer.close()
+    lost = [str(w.message) for w in caught if issubclass(w.category, FramesLost)]
+    for w in caught:  # anything else raised meanwhile goes on to the caller's own filters
+        if not issubclass(w.category, FramesLost):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for message in lost:
+        stderr_echo(f"warning: {printable(message)}")
     tracks = tracker.summaries()
     res.nested = {"file": str(path), "fps": info["fps"], "width": info["width"], "height": info["height"],
                   "frames": frames_out, "tracks": tracks}  # fmt: skip
+    if lost:
+        res.nested["warning"] = lost[0]
     if failed:
         res.error = res.nested["error"] = failed
         res.rows.append(face_row(str(path), None, None, label="error", error=failed))

@@ -14,6 +14,7 @@ every k-th analysed frame only: in between, each track's last face is cropped ag
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import cv2
 import numpy as np
 
 from emodetect.data.decode import max_image_pixels
-from emodetect.errors import EmodetectError
+from emodetect.errors import EmodetectError, FramesLost
 from emodetect.inference.analyze import Analyzer, Face
 from emodetect.inference.faces import Detection
 from emodetect.labels import CLASSES
@@ -143,10 +144,14 @@ def open_video(path: str | Path) -> cv2.VideoCapture:
 
 
 def frames(path: str | Path, fps: float | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(index, time in seconds, RGB frame) for frames at `fps` per second of video time (None: every frame)."""
+    """(index, time in seconds, RGB frame) for frames at `fps` per second of video time (None: every frame).
+
+    Decoding stops at the first frame that will not decode; if that leaves frames the container declares, a
+    `FramesLost` warning says how many were read."""
     cap = open_video(path)
     try:
         native = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         step = None if not fps else 1.0 / fps
         next_t, index = 0.0, -1
         while True:
@@ -164,6 +169,10 @@ def frames(path: str | Path, fps: float | None = None) -> Iterator[tuple[int, fl
                 if next_t <= t:  # the video's own rate is below the one asked for: take every frame
                     next_t = t + step
             yield index, t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        decoded = index + 1
+        if declared - decoded > max(1, declared // 50):  # an index-less container's count is an estimate: 2% slack
+            warnings.warn(f"video {path}: decoded {decoded} of the {declared} frames its container declares; the rest "
+                          "could not be decoded (a damaged or cut-short file)", FramesLost, stacklevel=2)  # fmt: skip
     finally:
         cap.release()
 
