@@ -374,6 +374,36 @@ def class_masks(labels: np.ndarray, sources: np.ndarray, n_classes: int = len(CL
     return torch.from_numpy(np.stack([table[s] for s in sources.tolist()]))
 
 
+def _data_plan(cfg: TrainConfig, train: Dataset, val: Dataset, log):
+    """What the loss and the sampler need from the data: class weights, draw probabilities, each split's masks of
+    the classes its dataset lacks, and the prior-correction offsets (rounded as the meta records them)."""
+    weight = class_weights(train.labels) if cfg.class_weights else None
+    format_f = None
+    if cfg.format_balance:
+        format_f = format_factors(train.labels, train.sources, np.asarray(train.manifest["format"]), cfg.format_balance)
+        log(f"format balance (x{cfg.format_balance:g} at most): {_rare_formats(train, format_f)}")
+    sample_p = _sampling_probabilities(train.labels, train.sources, cfg.oversample, cfg.source_weights, format_f)
+    # a class is missing from a dataset if none of its train or val images has it
+    masks = class_masks(np.concatenate([train.labels, val.labels]), np.concatenate([train.sources, val.sources]))
+    mask_train, mask_val = (None, None) if masks is None else (masks[: len(train)], masks[len(train) :])
+    offsets = np.round(prior_offsets(train.labels, weight, class_factors(cfg.oversample)), 6)
+    return weight, sample_p, mask_train, mask_val, offsets
+
+
+def _epoch_row(epoch: int, lr: float, tr: dict, va: dict, seconds: float) -> dict:
+    """One epoch's line of the history (per-source validation accuracies as val_accuracy_<source>)."""
+    return {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+            "val_loss": va["loss"], "val_accuracy": va["accuracy"], "val_macro_f1": va["macro_f1"], "seconds": seconds,
+            **{f"val_{k}": v for k, v in va.items() if k.startswith("accuracy_")}}  # fmt: skip
+
+
+def _epoch_line(row: dict, epochs: int, best: bool) -> str:
+    per_source = "".join(f"  {k[len('val_accuracy_'):]} {v:.4f}" for k, v in row.items() if k.startswith("val_accuracy_"))
+    return (f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.4f}  "
+            f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  val_f1 {row['val_macro_f1']:.4f}"
+            f"{per_source}  {row['seconds']:.0f}s" + ("  *" if best else ""))  # fmt: skip
+
+
 def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: str | Path | None = None, *,
                 resume: bool = False, progress: bool = True, log=print) -> FitResult:  # fmt: skip
     """Train the network `model_cfg` names on `train`, early-stop on `val`; the model has its best weights.
@@ -398,16 +428,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
     x_val, y_val = to_uint8_tensor(val.images), torch.from_numpy(val.labels)
     if len(y_train) == 0 or len(y_val) == 0:
         raise EmodetectError("training needs non-empty train and validation splits")
-    weight = class_weights(train.labels) if cfg.class_weights else None
-    format_f = None
-    if cfg.format_balance:
-        format_f = format_factors(train.labels, train.sources, np.asarray(train.manifest["format"]), cfg.format_balance)
-        log(f"format balance (x{cfg.format_balance:g} at most): {_rare_formats(train, format_f)}")
-    sample_p = _sampling_probabilities(train.labels, train.sources, cfg.oversample, cfg.source_weights, format_f)
-    # a class is missing from a dataset if none of its train or val images has it
-    masks = class_masks(np.concatenate([train.labels, val.labels]), np.concatenate([train.sources, val.sources]))
-    mask_train, mask_val = (None, None) if masks is None else (masks[: len(train)], masks[len(train) :])
-    offsets = np.round(prior_offsets(train.labels, weight, class_factors(cfg.oversample)), 6)  # as the meta records
+    weight, sample_p, mask_train, mask_val, offsets = _data_plan(cfg, train, val, log)
     steps = len(y_train) // cfg.batch_size if len(y_train) >= cfg.batch_size else 1
     optimizer = _make_optimizer(model, cfg)
     scheduler = _make_scheduler(optimizer, cfg, steps)
@@ -439,10 +460,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
         if ema is not None:  # the network's own weights too, for the record: what the average adds
             va["accuracy_unaveraged"] = evaluate_epoch(model, x_val, y_val, pre, bf16=cfg.bf16, tta_flip=cfg.tta_flip,
                                                        class_mask=mask_val)["accuracy"]  # fmt: skip
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": tr["loss"],
-               "train_accuracy": tr["accuracy"], "val_loss": va["loss"], "val_accuracy": va["accuracy"],
-               "val_macro_f1": va["macro_f1"], "seconds": tr["seconds"] + time.perf_counter() - t0,
-               **{f"val_{k}": v for k, v in va.items() if k.startswith("accuracy_")}}  # fmt: skip
+        row = _epoch_row(epoch, optimizer.param_groups[0]["lr"], tr, va, tr["seconds"] + time.perf_counter() - t0)
         history.append(row)
         if scheduler is not None and cfg.schedule == "plateau":
             scheduler.step(row[cfg.monitor])
@@ -451,10 +469,7 @@ def fit_network(model_cfg: ModelConfig, train: Dataset, val: Dataset, out_dir: s
             stale = 0
         else:
             stale += 1
-        per_source = "".join(f"  {k[len('accuracy_'):]} {v:.4f}" for k, v in va.items() if k.startswith("accuracy_"))
-        log(f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {tr['loss']:.4f}  acc {tr['accuracy']:.4f}  "
-            f"val_loss {va['loss']:.4f}  val_acc {va['accuracy']:.4f}  val_f1 {va['macro_f1']:.4f}{per_source}  "
-            f"{row['seconds']:.0f}s" + ("  *" if stale == 0 else ""))  # fmt: skip
+        log(_epoch_line(row, cfg.epochs, best=stale == 0))
         if ckpt_path is not None:
             _save_checkpoint(ckpt_path, model, optimizer, scheduler, generator, history, epoch, best, cfg, ema, used)
     stopped_early = stale >= cfg.patience and len(history) < cfg.epochs  # (patience reached at the last epoch: a full run)
