@@ -211,7 +211,7 @@ def test_predict_says_a_video_lost_frames_and_keeps_the_ones_it_read(damaged_vid
     summary = predict_paths([str(damaged_video)], analyzer=_StubAnalyzer(), out=tmp_path / "v.json", progress=False)
     file = json.loads((tmp_path / "v.json").read_text())["files"][0]
     n = len(file["frames"])
-    assert summary.n_errors == 0 and 0 < n < N_FRAMES and "error" not in file
+    assert summary.n_errors == 0 and summary.n_lost_frames == 1 and 0 < n < N_FRAMES and "error" not in file
     assert file["warning"].endswith(f"decoded {n} of the {N_FRAMES} frames its container declares; the rest could "
                                     "not be decoded (a damaged or cut-short file)")  # fmt: skip
     assert capsys.readouterr().err.strip() == f"warning: {file['warning']}"

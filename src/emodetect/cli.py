@@ -233,7 +233,9 @@ def cmd_predict(args) -> int:
     summary = predict_paths([str(p) for p in paths], analyzer=analyzer, out=args.out, annotate=args.annotate,
                             timeline=args.timeline, fps=args.fps, smooth_s=args.smooth, detect_every=args.detect_every)  # fmt: skip
     where = f"; results: {args.out}" if args.out else ""
-    print(f"{summary.n_inputs} file(s), {summary.n_faces} face(s), {summary.n_errors} unreadable{where}", file=sys.stderr)
+    lost = f", {summary.n_lost_frames} video(s) with lost frames" if summary.n_lost_frames else ""
+    print(f"{summary.n_inputs} file(s), {summary.n_faces} face(s), {summary.n_errors} unreadable{lost}{where}",
+          file=sys.stderr)
     if summary.n_read == 0:
         raise EmodetectError("no input could be read (each one's reason is in its error row)")
     return 0

@@ -134,6 +134,7 @@ class PredictSummary:
     n_read: int = 0
     n_faces: int = 0
     n_errors: int = 0
+    n_lost_frames: int = 0  # videos read only in part (a damaged file): see their warning
     outputs: list[str] = field(default_factory=list)
 
 
@@ -174,6 +175,7 @@ def predict_paths(inputs: list[str], *, analyzer: Analyzer, out: Path | None = N
     for res in results:
         summary.n_read += not res.error
         summary.n_errors += bool(res.error)
+        summary.n_lost_frames += "warning" in res.nested
         summary.n_faces += sum(1 for r in res.rows if r["face"] != "")
     if out is None:
         echo(format_table([r for res in results for r in res.rows]))
