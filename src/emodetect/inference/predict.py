@@ -92,6 +92,7 @@ class FileResult:
     rows: list[dict] = field(default_factory=list)
     nested: dict = field(default_factory=dict)
     error: str = ""
+    warning: str = ""  # a video read only in part (FramesLost): its rows stand, the message says what is missing
 
 
 def _image_results(paths: list[Path], analyzer: Analyzer, chunk: int = 16) -> Iterator[tuple]:
@@ -175,7 +176,7 @@ def predict_paths(inputs: list[str], *, analyzer: Analyzer, out: Path | None = N
     for res in results:
         summary.n_read += not res.error
         summary.n_errors += bool(res.error)
-        summary.n_lost_frames += "warning" in res.nested
+        summary.n_lost_frames += bool(res.warning)
         summary.n_faces += sum(1 for r in res.rows if r["face"] != "")
     if out is None:
         echo(format_table([r for res in results for r in res.rows]))
@@ -240,17 +241,17 @@ def _video_result(path: Path, analyzer: Analyzer, fps, smooth_s, detect_every, a
             bar.close()
             if writer is not None:
                 writer.close()
-    lost = [str(w.message) for w in caught if issubclass(w.category, FramesLost)]
-    for w in caught:  # anything else raised meanwhile goes on to the caller's own filters
-        if not issubclass(w.category, FramesLost):
+    for w in caught:  # frames() warns at most once; anything else raised meanwhile goes on to the caller's filters
+        if issubclass(w.category, FramesLost):
+            res.warning = str(w.message)
+            stderr_echo(f"warning: {printable(res.warning)}")
+        else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    for message in lost:
-        stderr_echo(f"warning: {printable(message)}")
     tracks = tracker.summaries()
     res.nested = {"file": str(path), "fps": info["fps"], "width": info["width"], "height": info["height"],
                   "frames": frames_out, "tracks": tracks}  # fmt: skip
-    if lost:
-        res.nested["warning"] = lost[0]
+    if res.warning:
+        res.nested["warning"] = res.warning
     if failed:
         res.error = res.nested["error"] = failed
         res.rows.append(face_row(str(path), None, None, label="error", error=failed))
